@@ -1,0 +1,46 @@
+# Two commands: `make book` builds the website, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Plotly figures render as HTML with plotly.js served once from _static (see gqa_lib/plots.py).
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: env book test unit notebooks-test site site-test bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+env: $(STAMP)
+
+## make book: create the environment, execute every chapter, build the website
+book: env
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo
+	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
+
+## make test: unit tests, nbval over every chapter, a warnings-as-errors build, checks of the built site
+test: env unit notebooks-test site site-test
+
+unit: env
+	$(BIN)/python -m pytest -q tests --ignore=tests/site
+
+notebooks-test: env
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env chapters
+
+site: env
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+site-test: env
+	$(BIN)/python -m pytest -q tests/site
+
+bench: env
+	$(BIN)/python -m gqa_lib.bench attention
+
+clean:
+	rm -rf _build

@@ -1,0 +1,34 @@
+"""gqa_lib: the small library behind the GQA book.
+
+Multi-head, multi-query and grouped-query attention, a KV cache, a tiny
+decoder-only language model, and benchmarks of decoding speed.
+"""
+
+from .attention import (
+    ATTENTION_IMPLEMENTATIONS,
+    GroupedQueryAttention,
+    grouped_attention,
+    repeat_kv,
+    repeat_kv_attention,
+    sdpa_attention,
+)
+from .kv_cache import KVCache, kv_cache_bytes
+from .model import TransformerConfig, TransformerLM
+from .timing import device_name, pick_device
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ATTENTION_IMPLEMENTATIONS",
+    "GroupedQueryAttention",
+    "KVCache",
+    "TransformerConfig",
+    "TransformerLM",
+    "device_name",
+    "pick_device",
+    "grouped_attention",
+    "kv_cache_bytes",
+    "repeat_kv",
+    "repeat_kv_attention",
+    "sdpa_attention",
+]

@@ -1,0 +1,162 @@
+"""A tiny decoder-only language model built from GroupedQueryAttention blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import GroupedQueryAttention, check_head_counts
+from .kv_cache import KVCache
+
+__all__ = ["TransformerConfig", "TransformerLM"]
+
+
+@dataclass
+class TransformerConfig:
+    """Size of a :class:`TransformerLM`. Defaults give a model of about 0.4 M parameters."""
+
+    vocab_size: int = 64  # number of distinct tokens
+    max_seq_len: int = 128  # longest sequence (learned positions and cache length)
+    d_model: int = 128  # residual stream width
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 8  # query heads, H
+    n_kv_heads: int = 8  # key/value heads, G (H: MHA, 1: MQA)
+    d_ff: int = 512  # hidden width of the MLP
+    bias: bool = False  # biases in the attention projections
+    attn_impl: str = "grouped"  # "grouped", "repeat_kv" or "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        check_head_counts(self.d_model, self.n_heads, self.n_kv_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.d_model)
+        self.attn = GroupedQueryAttention(
+            config.d_model, config.n_heads, config.n_kv_heads, bias=config.bias, impl=config.attn_impl
+        )
+        self.mlp_norm = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, config.d_ff),
+            nn.GELU(),
+            nn.Linear(config.d_ff, config.d_model),
+        )
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cache=cache, layer=layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only LM: token + learned position embeddings, blocks, tied output head."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache sized for this model (``max_len`` defaults to ``max_seq_len``)."""
+        c = self.config
+        max_len = c.max_seq_len if max_len is None else max_len
+        if max_len > c.max_seq_len:
+            raise ValueError(f"max_len={max_len} exceeds the model's max_seq_len={c.max_seq_len}")
+        p = self.tok_emb.weight
+        return KVCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim, dtype=p.dtype, device=p.device)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab_size).
+
+        With a ``cache`` the tokens continue the cached sequence: their
+        positions start at ``cache.seq_len`` and their keys/values are appended.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T); got {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = 0 if cache is None else cache.seq_len
+        if start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} positions exceeds max_seq_len={self.config.max_seq_len}"
+            )
+        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.tok_emb(idx) + self.pos_emb(positions)  # (B, T, d_model)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        return F.linear(self.final_norm(x), self.tok_emb.weight)  # (B, T, vocab_size), tied weights
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens, decoding through a KV cache.
+
+        The prompt is run once (prefill); each new token then costs one
+        forward pass over a single position. ``temperature=0`` is greedy;
+        ``top_k`` keeps only the k most likely tokens. Returns (B, T + max_new_tokens).
+        """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0; got {temperature}")
+        if top_k is not None and not 1 <= top_k <= self.config.vocab_size:
+            raise ValueError(f"top_k must be between 1 and vocab_size={self.config.vocab_size}; got {top_k}")
+        total = idx.shape[1] + max_new_tokens
+        if total > self.config.max_seq_len:
+            raise ValueError(
+                f"prompt of {idx.shape[1]} + {max_new_tokens} new tokens exceeds max_seq_len={self.config.max_seq_len}"
+            )
+        if max_new_tokens == 0:
+            return idx
+        cache = self.new_cache(idx.shape[0], total)
+        logits = self(idx, cache=cache)[:, -1, :]  # (B, V): prefill
+        out = [idx]
+        for step in range(max_new_tokens):
+            next_token = self._sample(logits, temperature, top_k, generator)  # (B, 1)
+            out.append(next_token)
+            if step + 1 < max_new_tokens:
+                logits = self(next_token, cache=cache)[:, -1, :]  # (B, V)
+        return torch.cat(out, dim=1)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+        """Pick one token per row of logits (B, V) -> (B, 1)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits.float(), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)

@@ -1,0 +1,77 @@
+"""Plotly figures that render in Jupyter, on Colab and on the static website.
+
+:func:`show` displays a figure as HTML that draws itself with plotly.js:
+the book's website serves plotly.js once from ``_static`` (loaded in every
+page's head), and anywhere plotly.js is missing (Colab, a bare Jupyter) the
+snippet loads it from the plotly CDN first. The figure's JSON mime type is
+sent too, so front ends with a native plotly renderer (JupyterLab, VS Code)
+use that instead.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import uuid
+
+import plotly
+import plotly.graph_objects as go
+
+__all__ = ["show", "PlotlyHTML", "figure_html"]
+
+_CDN = "https://cdn.plot.ly/plotly-{version}.min.js"
+
+
+def _plotlyjs_version() -> str:
+    from plotly.offline import get_plotlyjs_version
+
+    return get_plotlyjs_version()
+
+
+def figure_html(fig: go.Figure, div_id: str | None = None) -> str:
+    """HTML (a div and a script) that draws ``fig`` with window.Plotly, loading it from the CDN if absent."""
+    div_id = div_id or f"gqa-plot-{uuid.uuid4().hex[:12]}"
+    spec = fig.to_plotly_json()
+    payload = {
+        "data": spec.get("data", []),
+        "layout": spec.get("layout", {}),
+        "frames": spec.get("frames", []),
+        "config": {"responsive": True, "displaylogo": False},
+    }
+    fig_json = json.dumps(payload, cls=plotly.utils.PlotlyJSONEncoder)
+    height = fig.layout.height or 450
+    cdn = _CDN.format(version=_plotlyjs_version())
+    return (
+        f'<div id="{html.escape(div_id)}" class="gqa-plotly plotly-graph-div" style="width:100%;height:{int(height)}px;"></div>\n'
+        "<script type=\"text/javascript\">\n"
+        "(function () {\n"
+        f"  var fig = {fig_json};\n"
+        f"  function draw() {{ Plotly.newPlot('{div_id}', fig); }}\n"
+        "  if (window.Plotly) { draw(); return; }\n"
+        "  var s = document.createElement('script');\n"
+        f"  s.src = '{cdn}'; s.onload = draw;\n"
+        "  document.head.appendChild(s);\n"
+        "})();\n"
+        "</script>"
+    )
+
+
+class PlotlyHTML:
+    """A displayable wrapper: HTML for every front end, plotly JSON for those that render it natively."""
+
+    def __init__(self, fig: go.Figure):
+        self.fig = fig
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {
+            "text/html": figure_html(self.fig),
+            "application/vnd.plotly.v1+json": json.loads(self.fig.to_json()),
+            "text/plain": f"<plotly figure: {self.fig.layout.title.text or 'untitled'}>",
+        }
+
+
+def show(fig: go.Figure) -> None:
+    """Display ``fig`` so that it renders in Jupyter, Colab and on the book's static pages."""
+    from IPython.display import display
+
+    display(PlotlyHTML(fig))

@@ -1,0 +1,86 @@
+"""Honest timing on CPU and GPU: warm-up, CUDA synchronisation, medians.
+
+Everything here wraps :class:`torch.utils.benchmark.Timer`, which warms up,
+synchronises CUDA around each block of runs, and picks how many runs to
+average so that short calls are not drowned by timer overhead.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils import benchmark
+
+__all__ = ["Timing", "pick_device", "device_name", "time_call", "streaming_read_bandwidth", "parse_dtype"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """'float32' | 'float16' | 'bfloat16' (or a torch.dtype) -> torch.dtype."""
+    if isinstance(name, torch.dtype):
+        if name not in _DTYPES.values():
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {name}")
+        return name
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {name!r}")
+    return _DTYPES[name]
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one asked for, else CUDA when present, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but CUDA is not available")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (x86_64, 2 threads)'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Result of :func:`time_call`: median and interquartile range in seconds."""
+
+    median_s: float
+    iqr_s: float
+    runs: int
+
+    @property
+    def median_ms(self) -> float:
+        return self.median_s * 1e3
+
+
+def time_call(fn: Callable[[], object], min_run_time: float = 0.3) -> Timing:
+    """Time ``fn()`` with torch.utils.benchmark: warm-up, CUDA sync, blocked autorange.
+
+    ``min_run_time`` is the least total measuring time in seconds.
+    """
+    fn()  # warm-up: first-call allocations, kernel selection, lazy init
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(median_s=m.median, iqr_s=m.iqr, runs=len(m.times))
+
+
+def streaming_read_bandwidth(
+    device: torch.device | str | None = None, n_bytes: int = 512 * 2**20, min_run_time: float = 0.3
+) -> float:
+    """Measured streaming-read bandwidth of ``device`` in bytes per second.
+
+    Sums a buffer of ``n_bytes`` (fp32, large enough to spill every cache):
+    the reduction does almost no arithmetic, so its speed is the rate at which
+    memory can be read, the ceiling of the roofline for decode attention.
+    """
+    device = pick_device(device)
+    buffer = torch.ones(n_bytes // 4, dtype=torch.float32, device=device)
+    t = time_call(lambda: buffer.sum(), min_run_time=min_run_time)
+    return buffer.nbytes / t.median_s

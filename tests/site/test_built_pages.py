@@ -1,0 +1,41 @@
+"""Checks of the website that `jupyter-book build` wrote to _build/html.
+
+Run after the build (`make test` does); they fail, not skip, when the build is missing.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+EXECUTED = ROOT / "_build" / "jupyter_execute"
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def figure_outputs(executed_notebook: Path) -> int:
+    nb = json.loads(executed_notebook.read_text())
+    return sum(
+        PLOTLY_MIME in out.get("data", {})
+        for cell in nb["cells"]
+        for out in cell.get("outputs", [])
+    )
+
+
+def test_site_was_built():
+    assert (HTML / "index.html").exists(), "run `make site` (jupyter-book build) first"
+    assert (HTML / "_static" / "plotly.min.js").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_page_shows_every_figure_it_computed(nb):
+    page = (HTML / "chapters" / f"{nb.stem}.html").read_text()
+    executed = EXECUTED / "chapters" / nb.name
+    n_figures = figure_outputs(executed)
+    assert page.count('class="gqa-plotly plotly-graph-div"') == n_figures
+    assert "Plotly.newPlot" in page or n_figures == 0
+    # plotly.js comes from the site itself, once, never inlined or from a CDN at load time
+    assert '_static/plotly.min.js' in page
+    assert page.count("<script src=\"https://cdn.plot.ly") == 0

@@ -1,0 +1,41 @@
+"""The benchmark code paths (structure and arithmetic, never speed)."""
+
+import json
+
+import pytest
+
+from gqa_lib import bench
+
+
+def test_divisors():
+    assert bench.divisors(32) == [1, 2, 4, 8, 16, 32]
+    assert bench.divisors(12) == [1, 2, 3, 4, 6, 12]
+    with pytest.raises(ValueError, match="got 0"):
+        bench.divisors(0)
+
+
+def test_bench_attention_rows_cover_every_g_and_impl():
+    rows = bench.bench_attention_decode(batch_size=1, n_heads=4, head_dim=8, context=16, min_run_time=0.01)
+    assert [(r["G"], r["impl"]) for r in rows] == [
+        (g, impl) for g in (1, 2, 4) for impl in ("grouped", "repeat_kv", "sdpa")
+    ]
+    for r in rows:
+        assert r["kv_bytes"] == 2 * 1 * r["G"] * 16 * 8 * 4  # K and V, fp32
+        assert r["ms"] > 0 and r["kv_gbps"] == pytest.approx(r["kv_bytes"] / (r["ms"] / 1e3) / 1e9)
+
+
+def test_bench_attention_rejects_bad_group():
+    with pytest.raises(ValueError, match="G=3"):
+        bench.bench_attention_decode(n_heads=4, groups=[3])
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    bench.main(["attention", "--batch", "1", "--heads", "2", "--head-dim", "4", "--context", "8",
+                "--min-run-time", "0.01", "--device", "cpu", "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "attention" and data["device_type"] == "cpu"
+    assert {r["G"] for r in data["rows"]} == {1, 2}
+    assert data["streaming_read_gbps"] > 0
+    printed = capsys.readouterr().out
+    assert "streaming-read bandwidth" in printed and "grouped ms" in printed

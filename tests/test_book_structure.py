@@ -1,0 +1,61 @@
+"""The book's notebooks: listed, set up for Colab, and free of stored errors."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+
+
+def toc_files():
+    return [c["file"] for part in TOC["parts"] for c in part["chapters"]]
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def test_every_chapter_is_in_the_toc_and_every_toc_entry_exists():
+    assert CHAPTERS, "no chapters found"
+    listed = toc_files()
+    assert sorted(listed) == sorted(f"chapters/{p.stem}" for p in CHAPTERS)
+    for entry in listed:
+        assert (ROOT / f"{entry}.ipynb").exists(), entry
+
+
+def test_repository_and_launch_buttons_configured():
+    assert CONFIG["repository"]["url"].startswith("https://github.com/")
+    assert CONFIG["repository"]["branch"] == "main"
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_first_code_cell_is_the_setup_cell_naming_the_configured_repository(path):
+    cells = [c for c in load(path)["cells"] if c["cell_type"] == "code"]
+    setup = "".join(cells[0]["source"])
+    url = CONFIG["repository"]["url"]
+    installs = re.findall(r"git\+(https://github\.com/[\w.-]+/[\w.-]+)@(\w+)", setup)
+    assert installs == [(url, CONFIG["repository"]["branch"])], installs
+    assert '"google.colab" in sys.modules' in setup
+    assert "enable_custom_widget_manager()" in setup
+    assert "gqa_lib.pick_device()" in setup
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_notebook_metadata_asks_colab_for_a_gpu_and_python3(path):
+    meta = load(path)["metadata"]
+    assert meta["accelerator"] == "GPU"
+    assert meta["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_stored_error_outputs(path):
+    for cell in load(path)["cells"]:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", "".join(cell["source"])[:80]
