@@ -14,6 +14,7 @@ from .attention import (
 )
 from .kv_cache import KVCache, kv_cache_bytes
 from .model import TransformerConfig, TransformerLM
+from .presets import PRESETS, ModelPreset, get_preset
 from .timing import device_name, pick_device
 
 __version__ = "0.1.0"
@@ -22,9 +23,12 @@ __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "GroupedQueryAttention",
     "KVCache",
+    "ModelPreset",
+    "PRESETS",
     "TransformerConfig",
     "TransformerLM",
     "device_name",
+    "get_preset",
     "pick_device",
     "grouped_attention",
     "kv_cache_bytes",

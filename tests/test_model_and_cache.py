@@ -160,3 +160,16 @@ def test_fewer_kv_heads_means_fewer_parameters():
     # each layer's k_proj and v_proj shrink from 32x32 to (4*G)x32
     assert mha - gqa == 2 * 2 * (32 - 8) * 32
     assert gqa - mqa == 2 * 2 * (8 - 4) * 32
+
+
+def test_presets_kv_bytes_per_token():
+    from gqa_lib import get_preset
+
+    assert get_preset("Llama 2 7B").kv_bytes_per_token() == 2 * 32 * 32 * 128 * 2  # 0.5 MiB
+    assert get_preset("Llama 2 70B").attention == "GQA-8"
+    assert get_preset("Llama 2 7B").attention == "MHA"
+    # Llama 2 70B would need 8x the cache per token as MHA
+    p = get_preset("Llama 2 70B")
+    assert p.kv_bytes_per_token(n_kv_heads=64) == 8 * p.kv_bytes_per_token()
+    with pytest.raises(ValueError, match="unknown model preset 'GPT-9'"):
+        get_preset("GPT-9")
