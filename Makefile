@@ -20,7 +20,7 @@ env: $(STAMP)
 
 ## make book: create the environment, execute every chapter, build the website
 book: env
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	GQA_BOOK_STATIC=1 TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
 	@echo
 	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
 
@@ -34,7 +34,7 @@ notebooks-test: env
 	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env chapters
 
 site: env
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	GQA_BOOK_STATIC=1 TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
 
 site-test: env
 	$(BIN)/python -m pytest -q tests/site

@@ -4,6 +4,7 @@ Multi-head, multi-query and grouped-query attention, a KV cache, a tiny
 decoder-only language model, and benchmarks of decoding speed.
 """
 
+from . import plots
 from .attention import (
     ATTENTION_IMPLEMENTATIONS,
     GroupedQueryAttention,

@@ -2,10 +2,10 @@
 
 :func:`show` displays a figure as HTML that draws itself with plotly.js:
 the book's website serves plotly.js once from ``_static`` (loaded in every
-page's head), and anywhere plotly.js is missing (Colab, a bare Jupyter) the
-snippet loads it from the plotly CDN first. The figure's JSON mime type is
-sent too, so front ends with a native plotly renderer (JupyterLab, VS Code)
-use that instead.
+page's head), and anywhere plotly.js is missing (Colab, Jupyter) the snippet
+loads it from the plotly CDN first. Only ``text/html`` (and a ``text/plain``
+fallback) is sent: Jupyter Book 1 cannot render plotly's own JSON mime type
+and would warn about it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def figure_html(fig: go.Figure, div_id: str | None = None) -> str:
 
 
 class PlotlyHTML:
-    """A displayable wrapper: HTML for every front end, plotly JSON for those that render it natively."""
+    """A displayable wrapper: self-drawing HTML for every front end."""
 
     def __init__(self, fig: go.Figure):
         self.fig = fig
@@ -65,7 +65,6 @@ class PlotlyHTML:
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {
             "text/html": figure_html(self.fig),
-            "application/vnd.plotly.v1+json": json.loads(self.fig.to_json()),
             "text/plain": f"<plotly figure: {self.fig.layout.title.text or 'untitled'}>",
         }
 

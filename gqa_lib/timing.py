@@ -7,6 +7,7 @@ average so that short calls are not drowned by timer overhead.
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from typing import Callable
@@ -14,7 +15,16 @@ from typing import Callable
 import torch
 from torch.utils import benchmark
 
-__all__ = ["Timing", "pick_device", "device_name", "time_call", "streaming_read_bandwidth", "parse_dtype"]
+__all__ = [
+    "Timing",
+    "available_memory_bytes",
+    "device_name",
+    "parse_dtype",
+    "pick_device",
+    "quick_time",
+    "streaming_read_bandwidth",
+    "time_call",
+]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -84,3 +94,33 @@ def streaming_read_bandwidth(
     buffer = torch.ones(n_bytes // 4, dtype=torch.float32, device=device)
     t = time_call(lambda: buffer.sum(), min_run_time=min_run_time)
     return buffer.nbytes / t.median_s
+
+
+def quick_time(fn: Callable[[], object], repeats: int = 3) -> Timing:
+    """A fast estimate for interactive use: one warm-up call, then the median of ``repeats`` single calls.
+
+    Uses torch.utils.benchmark (CUDA is synchronised around each call).
+    Noisier than :func:`time_call`; meant for widgets that must answer in about a second.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}")
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    times = sorted(timer.timeit(1).median for _ in range(repeats))
+    return Timing(median_s=times[len(times) // 2], iqr_s=times[-1] - times[0], runs=repeats)
+
+
+def available_memory_bytes(device: torch.device | str | None = None) -> int:
+    """Free memory of ``device`` in bytes: CUDA's free global memory, or the OS's available RAM on CPU."""
+    device = pick_device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

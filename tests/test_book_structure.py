@@ -14,7 +14,8 @@ CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
 
 
 def toc_files():
-    return [c["file"] for part in TOC["parts"] for c in part["chapters"]]
+    """Chapter notebooks listed in the toc (pages outside chapters/ are plain markdown)."""
+    return [c["file"] for part in TOC["parts"] for c in part["chapters"] if c["file"].startswith("chapters/")]
 
 
 def load(path):
