@@ -40,3 +40,14 @@ def test_chapter_page_shows_every_figure_it_computed(nb):
     # plotly.js comes from the site itself, once, never inlined or from a CDN at load time
     assert '_static/plotly.min.js' in page
     assert page.count("<script src=\"https://cdn.plot.ly") == 0
+
+
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_page_has_figures_math_and_hidden_answers(nb):
+    """Every chapter: at least one computed figure, some math, two answers hidden in dropdowns."""
+    page = (HTML / "chapters" / f"{nb.stem}.html").read_text()
+    assert page.count(FIGURE_MARKER) >= 1
+    assert 'class="math' in page
+    assert page.count("sd-dropdown") >= 2
+    assert "Check your understanding" in page
+    assert "Summary" in page and "Exercises" in page
