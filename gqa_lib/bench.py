@@ -7,6 +7,7 @@ them as JSON with the device name, torch version and settings.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from .attention import ATTENTION_IMPLEMENTATIONS
 from .model import TransformerConfig, TransformerLM
-from .timing import device_name, parse_dtype, pick_device, streaming_read_bandwidth, time_call
+from .timing import device_name, parse_dtype, pick_device, streaming_read_bandwidth, time_interleaved
 
 __all__ = [
     "bench_attention_decode",
@@ -68,17 +69,13 @@ def bench_attention_decode(
         k = torch.randn(batch_size, g, context, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk, D)
         v = torch.randn(batch_size, g, context, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk, D)
         inputs[g] = (q, k, v)
-    # Interleave the settings over `rounds` passes and keep each one's best median,
-    # so that a burst of load elsewhere on the machine hits all settings alike.
-    best: dict[tuple[int, str], object] = {}
+    calls = {
+        (g, name): functools.partial(ATTENTION_IMPLEMENTATIONS[name], *inputs[g], causal=True)
+        for g in groups
+        for name in implementations
+    }
     with torch.no_grad():
-        for _ in range(rounds):
-            for g, (q, k, v) in inputs.items():
-                for name in implementations:
-                    fn = ATTENTION_IMPLEMENTATIONS[name]
-                    t = time_call(lambda: fn(q, k, v, causal=True), min_run_time=min_run_time)
-                    if (g, name) not in best or t.median_s < best[g, name].median_s:
-                        best[g, name] = t
+        best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time)
     rows = []
     for g, (q, k, v) in inputs.items():
         kv_bytes = k.nbytes + v.nbytes
@@ -132,7 +129,7 @@ def decode_step_model(config: TransformerConfig, batch_size: int, context: int, 
 
 def bench_model_decode(
     n_heads: int = 32,
-    d_model: int = 1024,
+    d_model: int = 2048,
     n_layers: int = 2,
     d_ff: int = 2048,
     vocab_size: int = 256,
@@ -167,14 +164,7 @@ def bench_model_decode(
                 n_heads=n_heads, n_kv_heads=g, d_ff=d_ff, attn_impl=name,
             )
             setups.append((g, name, *decode_step_model(config, batch_size, context, dtype, device, seed)))
-    # Time every setting in turn, `rounds` times, and keep each one's best median:
-    # interleaving makes a burst of load elsewhere on the machine hit all settings alike.
-    best: dict[tuple[int, str], object] = {}
-    for _ in range(rounds):
-        for g, name, _model, _cache, step in setups:
-            t = time_call(step, min_run_time=min_run_time)
-            if (g, name) not in best or t.median_s < best[g, name].median_s:
-                best[g, name] = t
+    best = time_interleaved({(g, name): step for g, name, _m, _c, step in setups}, rounds, min_run_time)
     rows = []
     for g, name, model, cache, _step in setups:
         t = best[g, name]

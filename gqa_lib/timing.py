@@ -24,6 +24,7 @@ __all__ = [
     "quick_time",
     "streaming_read_bandwidth",
     "time_call",
+    "time_interleaved",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -79,6 +80,23 @@ def time_call(fn: Callable[[], object], min_run_time: float = 0.3) -> Timing:
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return Timing(median_s=m.median, iqr_s=m.iqr, runs=len(m.times))
+
+
+def time_interleaved(fns: dict, rounds: int = 2, min_run_time: float = 0.3) -> dict:
+    """Time every callable of ``fns`` (key -> fn) in turn, ``rounds`` times; keep each key's best median.
+
+    Interleaving makes a burst of load elsewhere on the machine hit every
+    setting alike instead of spoiling one of them. Returns key -> Timing.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; got {rounds}")
+    best: dict = {}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            t = time_call(fn, min_run_time=min_run_time)
+            if key not in best or t.median_s < best[key].median_s:
+                best[key] = t
+    return best
 
 
 def streaming_read_bandwidth(

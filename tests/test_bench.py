@@ -39,3 +39,17 @@ def test_cli_writes_json(tmp_path, capsys):
     assert data["streaming_read_gbps"] > 0
     printed = capsys.readouterr().out
     assert "streaming-read bandwidth" in printed and "grouped ms" in printed
+
+
+def test_time_interleaved_keeps_best_median_per_key():
+    from gqa_lib.timing import time_interleaved
+
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    best = time_interleaved(fns, rounds=2, min_run_time=0.001)
+    assert set(best) == {"a", "b"} and all(t.median_s > 0 for t in best.values())
+    # interleaved: a's runs, then b's, then a's again
+    first_b = calls.index("b")
+    assert "a" in calls[first_b:]
+    with pytest.raises(ValueError, match="rounds must be >= 1; got 0"):
+        time_interleaved(fns, rounds=0)
