@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Plotly figures render as HTML with plotly.js served once from _static (see gqa_lib/plots.py).
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: env book test unit notebooks-test site site-test bench clean
+.PHONY: env browser book test unit notebooks-test site site-test bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ notebooks-test: env
 site: env
 	GQA_BOOK_STATIC=1 TQDM_DISABLE=1 $(BIN)/jupyter-book build . -W -n --keep-going
 
-site-test: env
+## headless Chromium + chromedriver (Debian packages) for the browser tests of the site
+browser:
+	bash tools/install_browser.sh
+
+site-test: env browser
 	$(BIN)/python -m pytest -q tests/site
 
 bench: env

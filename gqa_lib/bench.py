@@ -16,6 +16,7 @@ import torch
 
 from .attention import ATTENTION_IMPLEMENTATIONS
 from .model import TransformerConfig, TransformerLM
+from .progress import progress as progress_bar
 from .timing import device_name, parse_dtype, pick_device, streaming_read_bandwidth, time_interleaved
 
 __all__ = [
@@ -199,10 +200,8 @@ def sweep_attention_decode(
     Rows have ``context``, ``G``, ``ms`` (median milliseconds per call) and
     ``kv_bytes`` (the K and V bytes one call reads).
     """
-    from tqdm.auto import tqdm
-
     rows = []
-    for context in tqdm(list(contexts), desc="context lengths", disable=not progress):
+    for context in progress_bar(list(contexts), "context lengths", enabled=progress):
         for r in bench_attention_decode(
             batch_size=batch_size, n_heads=n_heads, head_dim=head_dim, context=context, dtype=dtype,
             device=device, groups=groups, implementations=["grouped"], min_run_time=min_run_time,

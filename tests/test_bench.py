@@ -53,3 +53,12 @@ def test_time_interleaved_keeps_best_median_per_key():
     assert "a" in calls[first_b:]
     with pytest.raises(ValueError, match="rounds must be >= 1; got 0"):
         time_interleaved(fns, rounds=0)
+
+
+def test_progress_respects_tqdm_disable_env(monkeypatch):
+    from gqa_lib.progress import progress
+
+    assert progress([1, 2], "x").disable is False
+    assert progress([1, 2], "x", enabled=False).disable is True
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # the book's static build sets this
+    assert progress([1, 2], "x").disable is True
