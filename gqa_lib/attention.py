@@ -85,18 +85,18 @@ def grouped_attention(
     scale = 1.0 / math.sqrt(D)
     # (B, H, Tq, D) -> (B, G, R*Tq, D): heads g*R .. g*R+R-1 stack as rows of group g
     q_grouped = q.reshape(B, G, R * Tq, D)
-    if Tq == 1:
-        # Decoding: R rows per group. Computing the scores key-major,
-        # K (Tk, D) @ q^T (D, R), streams each K row once through a dot
-        # product, several times faster on CPU BLAS than q (R, D) @ K^T; the
-        # small (Tk, R) result is then laid out row-major for the softmax.
+    if Tq == 1 and q.device.type == "cpu" and q.dtype == torch.float32:
+        # Decoding in fp32 on a CPU: computing the scores key-major,
+        # K (Tk, D) @ q^T (D, R), streams each K row through a dot product,
+        # up to several times faster on CPU BLAS than q (R, D) @ K^T (measured
+        # with `python -m gqa_lib.bench attention`; in bf16 the usual
+        # orientation below is the faster one). The arithmetic is the same.
         scores = torch.matmul(k, (q_grouped * scale).transpose(-2, -1))  # (B, G, Tk, R)
         scores = scores.transpose(-2, -1).contiguous()  # (B, G, R, Tk)
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, G, R, Tk)
-        return torch.matmul(weights, v).view(B, H, 1, D)  # (B, G, R, D) -> (B, H, 1, D)
-    scores = torch.matmul(q_grouped, k.transpose(-2, -1)) * scale  # (B, G, R*Tq, Tk)
-    if causal:
-        allowed = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk)
+    else:
+        scores = torch.matmul(q_grouped, k.transpose(-2, -1)) * scale  # (B, G, R*Tq, Tk)
+    if causal and Tq > 1:
+        allowed = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk): the last Tq of Tk positions
         scores = scores.view(B, G, R, Tq, Tk).masked_fill(~allowed, float("-inf")).view(B, G, R * Tq, Tk)
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, G, R*Tq, Tk)
     out = torch.matmul(weights, v)  # (B, G, R*Tq, D)

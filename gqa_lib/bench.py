@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--layers", type=int, default=2)
     mod.add_argument("--d-ff", type=int, default=2048)
     mod.add_argument("--batch", type=int, default=8)
-    mod.add_argument("--context", type=int, default=4096, help="cached positions before the step")
+    mod.add_argument("--context", type=int, default=8192, help="cached positions before the step")
     mod.add_argument("--groups", default="1,4,32", help="comma-separated G values")
     mod.add_argument("--impls", default="grouped,sdpa,repeat_kv", help="attention implementations")
     mod.add_argument("--min-run-time", type=float, default=0.5)
