@@ -1,0 +1,104 @@
+"""Convert a multi-head checkpoint into a grouped-query one (Ainslie et al. 2023, section 2.1).
+
+The query and output projections stay as they are; only the key and value
+projections shrink from H heads (or the current G0 KV heads) to
+``n_kv_heads = G``. Groups are contiguous, the convention of
+:func:`gqa_lib.grouped_attention`: KV head ``g`` serves query heads
+``g*H/G .. (g+1)*H/G - 1``, so it is built from exactly those heads' K and V
+projections. Three ways to build it, the paper's recipe and its two ablations:
+
+* ``"mean"``: the mean of the group's K (and V) projection rows (the paper's recipe);
+* ``"first"``: the first head of each group, the others dropped;
+* ``"random"``: fresh random K/V projections (seeded), like training them from scratch.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .attention import GroupedQueryAttention
+
+__all__ = ["convert_to_gqa", "pool_heads", "CONVERSION_METHODS"]
+
+CONVERSION_METHODS = ("mean", "first", "random")
+_INIT_STD = 0.02  # the std TransformerLM initialises linear layers with
+
+
+def pool_heads(weight: torch.Tensor, n_heads: int, n_groups: int, method: str) -> torch.Tensor:
+    """Pool the rows of a K or V projection from ``n_heads`` heads to ``n_groups`` contiguous groups.
+
+    weight: (n_heads * D, d_in) (a bias (n_heads * D,) works too); head ``h``
+    owns rows ``h*D .. (h+1)*D - 1``. Returns (n_groups * D, d_in).
+    """
+    if method not in ("mean", "first"):
+        raise ValueError(f"pool_heads method must be 'mean' or 'first'; got {method!r}")
+    rows = weight.shape[0]
+    if rows % n_heads or n_heads % n_groups:
+        raise ValueError(f"cannot pool {rows} rows of {n_heads} heads into {n_groups} groups")
+    D, R = rows // n_heads, n_heads // n_groups  # head dim, heads per group
+    # (n_heads*D, ...) -> (G, R, D, ...): group g holds heads g*R .. g*R+R-1 (contiguous)
+    grouped = weight.reshape(n_groups, R, D, *weight.shape[1:])
+    pooled = grouped.mean(dim=1) if method == "mean" else grouped[:, 0]  # (G, D, ...)
+    return pooled.reshape(n_groups * D, *weight.shape[1:]).clone()
+
+
+def _shrunk_linear(old: nn.Linear, n_heads: int, n_groups: int, method: str, generator: torch.Generator) -> nn.Linear:
+    """A new Linear with n_groups heads of outputs built from ``old`` (n_heads heads) by ``method``."""
+    D = old.out_features // n_heads
+    new = nn.Linear(old.in_features, n_groups * D, bias=old.bias is not None)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        if method == "random":
+            w = torch.randn(new.weight.shape, generator=generator, dtype=torch.float32) * _INIT_STD
+            new.weight.copy_(w)
+            if new.bias is not None:
+                new.bias.zero_()
+        else:
+            new.weight.copy_(pool_heads(old.weight, n_heads, n_groups, method))
+            if new.bias is not None:
+                new.bias.copy_(pool_heads(old.bias, n_heads, n_groups, method))
+    return new
+
+
+def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed: int = 0) -> nn.Module:
+    """A new model whose attention layers have ``n_kv_heads`` KV heads, built from ``model``'s.
+
+    ``model`` is a :class:`gqa_lib.TransformerLM` (or any module containing
+    :class:`gqa_lib.GroupedQueryAttention` layers); it is deep-copied and
+    left untouched. In every attention layer with H query heads and G0 KV
+    heads (G0 = H for a multi-head checkpoint), the K and V projections are
+    rebuilt with ``n_kv_heads`` heads by ``method`` (``"mean"``, ``"first"``
+    or ``"random"``; ``seed`` seeds the random one); every other weight is
+    copied. ``n_kv_heads`` must divide G0. The copy's ``config.n_kv_heads``
+    is updated when it has one.
+    """
+    if method not in CONVERSION_METHODS:
+        raise ValueError(f"method must be one of {CONVERSION_METHODS}; got {method!r}")
+    attn_layers = [m for m in model.modules() if isinstance(m, GroupedQueryAttention)]
+    if not attn_layers:
+        raise ValueError("model has no GroupedQueryAttention layers to convert")
+    if isinstance(n_kv_heads, bool) or int(n_kv_heads) != n_kv_heads:
+        raise ValueError(f"n_kv_heads must be an integer; got {n_kv_heads!r}")
+    n_kv_heads = int(n_kv_heads)
+    for attn in attn_layers:
+        H, G0 = attn.n_heads, attn.n_kv_heads
+        if not 1 <= n_kv_heads <= G0 or G0 % n_kv_heads:
+            which = f"the H={H} query heads" if G0 == H else f"the G0={G0} KV heads (H={H})"
+            raise ValueError(
+                f"n_kv_heads={n_kv_heads} is invalid: it must be between 1 and {G0} and divide {which}"
+            )
+    generator = torch.Generator().manual_seed(int(seed))
+    new_model = copy.deepcopy(model)
+    for attn in (m for m in new_model.modules() if isinstance(m, GroupedQueryAttention)):
+        G0 = attn.n_kv_heads
+        attn.k_proj = _shrunk_linear(attn.k_proj, G0, n_kv_heads, method, generator)
+        attn.v_proj = _shrunk_linear(attn.v_proj, G0, n_kv_heads, method, generator)
+        attn.n_kv_heads = n_kv_heads
+    config = getattr(new_model, "config", None)
+    if config is not None and hasattr(config, "n_kv_heads"):
+        new_model.config = replace(config, n_kv_heads=n_kv_heads)
+    return new_model
