@@ -1,7 +1,8 @@
 """gqa_lib: the small library behind the GQA book.
 
 Multi-head, multi-query and grouped-query attention, a KV cache, a tiny
-decoder-only language model, and benchmarks of decoding speed.
+decoder-only language model, benchmarks of decoding speed, and the paper's
+recipe in miniature: checkpoint conversion, a toy corpus, uptraining.
 """
 
 from . import plots
@@ -13,6 +14,8 @@ from .attention import (
     repeat_kv_attention,
     sdpa_attention,
 )
+from .convert import convert_to_gqa
+from .corpus import CorpusConfig, make_corpus
 from .kv_cache import KVCache, kv_cache_bytes
 from .model import TransformerConfig, TransformerLM
 from .presets import PRESETS, ModelPreset, get_preset
@@ -22,6 +25,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
+    "CorpusConfig",
+    "convert_to_gqa",
+    "make_corpus",
     "GroupedQueryAttention",
     "KVCache",
     "ModelPreset",

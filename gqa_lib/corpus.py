@@ -42,13 +42,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-__all__ = ["CorpusConfig", "ToyCorpus", "make_corpus", "recall_accuracy", "BOS", "SEP"]
+__all__ = ["CorpusConfig", "ToyCorpus", "make_corpus", "recall_accuracy", "BOS", "SEP", "SUCCESSOR_PROBS"]
 
 BOS = 0
 SEP = 1
 _SPLIT_STREAM = {"train": 1, "heldout": 2}
 # Probabilities of the allowed successors of a word (most to least likely).
-_SUCCESSOR_PROBS = (0.4, 0.3, 0.2, 0.1)
+SUCCESSOR_PROBS = (0.4, 0.3, 0.2, 0.1)
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class CorpusConfig:
                 f"seq_len={self.seq_len} leaves no room for queries after {self.n_pairs} entries "
                 "(need seq_len >= n_pairs + 4)"
             )
-        if not 1 <= self.successors <= len(_SUCCESSOR_PROBS):
-            raise ValueError(f"successors must be between 1 and {len(_SUCCESSOR_PROBS)}; got {self.successors}")
+        if not 1 <= self.successors <= len(SUCCESSOR_PROBS):
+            raise ValueError(f"successors must be between 1 and {len(SUCCESSOR_PROBS)}; got {self.successors}")
         if self.successors > self.n_words:
             raise ValueError(f"successors={self.successors} exceeds n_words={self.n_words}")
         if not 0.0 <= self.recall_fraction <= 1.0:
@@ -190,7 +190,7 @@ def _transition_table(config: CorpusConfig, rng: np.random.Generator) -> np.ndar
 def _text_sequences(n: int, config: CorpusConfig, table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(n, seq_len) text sequences: BOS, then words from the second-order Markov chain."""
     T, W = config.seq_len, config.n_words
-    probs = np.array(_SUCCESSOR_PROBS[: config.successors], dtype=np.float64)
+    probs = np.array(SUCCESSOR_PROBS[: config.successors], dtype=np.float64)
     cdf = np.cumsum(probs / probs.sum())
     words = np.empty((n, T - 1), dtype=np.int64)
     words[:, :2] = rng.integers(0, W, size=(n, 2))

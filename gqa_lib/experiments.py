@@ -3,15 +3,18 @@
 Re-run everything from scratch (pre-training of the original multi-head
 checkpoints, then conversion and uptraining for every G, method and seed)::
 
-    python -m gqa_lib.experiments all                 # writes chapters/_data/gqa_toy/
+    python -m gqa_lib.experiments all                 # writes gqa_lib/data/gqa_toy/
     python -m gqa_lib.experiments pretrain            # only the checkpoints
     python -m gqa_lib.experiments grid                # only the conversion/uptraining grid
     python -m gqa_lib.experiments all --out /tmp/x    # somewhere else
 
-The chapters load the committed results (``chapters/_data/gqa_toy/``:
-``pretrained_seed{S}.safetensors`` and ``grid.json``), recompute one cheap
-point live to check that the file still matches the code, and fall back to
-computing (into their cache folder) when a file is missing.
+Existing result files are never replaced unless ``--overwrite`` is given.
+
+The chapters load the committed results (``gqa_lib/data/gqa_toy/``:
+``pretrained_seed{S}.safetensors`` and ``grid.json``, package data, so a
+``pip install`` from the repository brings them), recompute cheap points live
+to check that the files still match the code, and fall back to computing
+(into their cache folder) when a file is missing.
 
 Checkpoints are stored with safetensors only (tensors plus a JSON string
 of the model configuration in the file's metadata); nothing is unpickled.
@@ -47,11 +50,11 @@ __all__ = [
     "grid_table",
     "find_run",
     "seed_stats",
-    "time_decode_step",
     "main",
 ]
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "chapters" / "_data" / "gqa_toy"
+DATA_DIR = Path(__file__).resolve().parent / "data" / "gqa_toy"
+"""Committed results, shipped inside the package so that ``pip install`` (Colab) brings them too."""
 GRID_FILE = "grid.json"
 
 
@@ -264,37 +267,15 @@ def seed_stats(results: dict, n_kv_heads: int, method: str, alpha: float, metric
     values = []
     for run in results["runs"]:
         if (run["G"], run["method"]) == (n_kv_heads, method):
-            (e,) = [e for e in run["evals"] if abs(e["alpha"] - alpha) < 1e-9]
-            values.append(e[metric])
+            matches = [e for e in run["evals"] if abs(e["alpha"] - alpha) < 1e-9]
+            if not matches:
+                raise KeyError(f"no evaluation at alpha={alpha}; have {[e['alpha'] for e in run['evals']]}")
+            values.append(matches[0][metric])
     if not values:
         raise KeyError(f"no runs with G={n_kv_heads}, method={method!r}")
     t = torch.tensor(values, dtype=torch.float64)
     std = float(t.std()) if len(values) > 1 else 0.0
     return {"values": values, "mean": float(t.mean()), "std": std, "min": min(values), "max": max(values)}
-
-
-def time_decode_step(model: TransformerLM, batch_size: int, context_len: int, min_run_time: float = 0.3):
-    """Time one decoding step of ``model`` (one new token per sequence) after ``context_len`` cached positions.
-
-    The cache is filled with random keys and values (their content does not
-    change the work) and rewound before every call, so each call appends one
-    position and attends over ``context_len + 1``. Returns a
-    :class:`gqa_lib.timing.Timing`.
-    """
-    from .timing import time_call
-
-    p = next(model.parameters())
-    cache = model.new_cache(batch_size, context_len + 1)
-    cache.keys.normal_()
-    cache.values.normal_()
-    token = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)
-
-    @torch.no_grad()
-    def step():
-        cache.lengths = [context_len] * cache.n_layers  # rewind: the step writes position context_len again
-        return model(token, cache=cache)
-
-    return time_call(step, min_run_time=min_run_time)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -305,10 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["pretrain", "grid", "all"], help="which experiments to run")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--overwrite", action="store_true", help="replace result files already in --out")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out: Path = args.out
+    would_write = []
+    if args.what in ("pretrain", "all"):
+        would_write += [out / checkpoint_name(seed) for seed in SETUP.seeds]
+    if args.what in ("grid", "all"):
+        would_write.append(out / GRID_FILE)
+    existing = [str(p) for p in would_write if p.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"refusing to overwrite {', '.join(existing)}; pass --overwrite, or --out another folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     corpus = SETUP.make_corpus()
