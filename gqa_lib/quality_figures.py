@@ -70,7 +70,7 @@ def conversion_figure(
     groups = [g for g in results["setup"]["groups"] if g != H]
     fig = make_subplots(
         rows=1, cols=len(alphas), shared_yaxes=True,
-        subplot_titles=[f"after conversion (alpha = 0)" if a == 0 else f"after {a:.1%} uptraining" for a in alphas],
+        subplot_titles=["after conversion (alpha = 0)" if a == 0 else f"after {100 * a:g}% uptraining" for a in alphas],
     )
     for col, alpha in enumerate(alphas, start=1):
         for method in methods:
@@ -84,7 +84,8 @@ def conversion_figure(
         fig.add_hline(y=mha, line_dash="dash", line_color="black", row=1, col=col,
                       annotation_text=f"MHA {mha:.3f}", annotation_position="top left")
     fig.update_layout(
-        title=f"Converting the multi-head checkpoint ({H} heads): {label}, mean of {len(results['setup']['seeds'])} seeds",
+        title=f"Converting the {H}-head checkpoint: {label}<br><sub>bars: mean of {len(results['setup']['seeds'])} seeds; "
+              "whiskers: lowest to highest seed; dashed: MHA</sub>",
         barmode="group", height=430, legend_title_text="method",
     )
     fig.update_xaxes(title_text="KV heads G")
@@ -111,7 +112,8 @@ def uptraining_figure(
             hovertemplate=f"G={g}, alpha=%{{x}}%<br>{label}: %{{y:.3f}}<extra></extra>",
         ))
     fig.update_layout(
-        title=f"Uptraining after {method}-pooling conversion: {label} vs alpha",
+        title=f"Uptraining after {method} conversion: {label}<br><sub>points: mean of {len(results['setup']['seeds'])} "
+              "seeds; whiskers: lowest to highest seed</sub>",
         xaxis=dict(title="uptraining steps, % of pre-training (alpha)", tickvals=[100 * a for a in alphas]),
         yaxis=dict(title=label), height=430,
     )
@@ -126,27 +128,30 @@ def tradeoff_figure(ours: Sequence[Mapping], device: str, metric: str = "recall_
     """
     label = _metric_label(metric)
     fig = make_subplots(rows=1, cols=2, subplot_titles=[
-        f"ours: toy corpus, 5% uptraining; time on {device}", "paper, Table 1: T5 XXL, 5% uptraining, TPUv4",
+        f"ours (time on {device})", "paper, Table 1 (T5-XXL on TPUv4)",
     ])
     rows = sorted(ours, key=lambda r: r["G"])
     fig.add_trace(go.Scatter(
         x=[r["ms"] for r in rows], y=[r["mean"] for r in rows], error_y=_spread(rows),
-        mode="markers+text+lines", text=[group_label(r["G"], r["n_heads"]) for r in rows], textposition="top center",
+        mode="markers+text+lines", text=[group_label(r["G"], r["n_heads"]) for r in rows],
+        textposition=["top left" if i % 2 else "bottom right" for i in range(len(rows))],  # neighbours on opposite sides
         name="ours", marker=dict(size=11, color="#d62728"), line=dict(dash="dot"),
         hovertemplate="G=%{text}<br>%{x:.2f} ms/step<br>" + label + ": %{y:.3f}<extra></extra>",
     ), row=1, col=1)
     names = [n for n in TABLE1 if n.endswith("XXL")]
+    t_infer = [TABLE1[n]["T_infer"] for n in names]
     fig.add_trace(go.Scatter(
-        x=[TABLE1[n]["T_infer"] for n in names], y=[TABLE1[n]["Average"] for n in names],
-        mode="markers+text", text=names, textposition="top center", name="paper",
+        x=t_infer, y=[TABLE1[n]["Average"] for n in names], mode="markers+text", text=names, name="paper",
+        textposition=["middle left" if t > max(t_infer) / 2 else "middle right" for t in t_infer],
         marker=dict(size=11, color="#1f77b4"),
         hovertemplate="%{text}<br>%{x:.2f} s/sample<br>average score %{y:.1f}<extra></extra>",
     ), row=1, col=2)
-    fig.update_xaxes(title_text="ms per decode step (lower is faster)", row=1, col=1)
+    fig.update_xaxes(title_text="ms per decode step (lower is faster)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text=label, row=1, col=1)
-    fig.update_xaxes(title_text="T_infer, s per sample", row=1, col=2)
+    fig.update_xaxes(title_text="T_infer, s per sample", range=[0, 1.15 * max(t_infer)], row=1, col=2)
     fig.update_yaxes(title_text="average score (ROUGE-1, BLEU, F1)", row=1, col=2)
-    fig.update_layout(title="Quality vs decoding time: up and to the left is better", height=450, showlegend=False)
+    fig.update_layout(title="Quality vs decoding time<br><sub>up and to the left is better</sub>", height=450,
+                      showlegend=False)
     return fig
 
 
