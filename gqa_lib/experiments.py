@@ -285,11 +285,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gqa_lib.experiments", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["pretrain", "grid", "all"], help="which experiments to run")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: as fast for a model this small, and the sums "
+                             "then add up in one order, so a re-run on the same kind of CPU gives the same bits)")
     parser.add_argument("--overwrite", action="store_true", help="replace result files already in --out")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1; got {args.threads}")
+    torch.set_num_threads(args.threads)
     out: Path = args.out
     would_write = []
     if args.what in ("pretrain", "all"):
