@@ -46,7 +46,7 @@ site-test: env browser
 bench: env
 	$(BIN)/python -m gqa_lib.bench attention
 
-## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 25 min on 2 CPU cores)
+## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 21 min on 2 CPU cores)
 experiments: env
 	$(BIN)/python -m gqa_lib.experiments all --overwrite
 
