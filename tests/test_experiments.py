@@ -152,3 +152,17 @@ def test_committed_checkpoints_load_without_pickle_and_match_the_setup():
     results = json.loads((DATA_DIR / "grid.json").read_text())
     assert results["setup"] == json.loads(json.dumps(SETUP.to_dict()))
     assert torch.tensor([e["recall_acc"] for r in results["runs"] for e in r["evals"]]).le(1).all()
+
+
+def test_results_ship_as_package_data_so_pip_install_brings_them():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "gqa_lib.data.gqa_toy" in setuptools["packages"]
+    globs = setuptools["package-data"]["gqa_lib.data.gqa_toy"]
+    shipped = sorted(p.name for p in DATA_DIR.iterdir())
+    assert shipped == ["grid.json"] + [f"pretrained_seed{s}.safetensors" for s in (0, 1, 2)]
+    assert all(any(fnmatch.fnmatch(name, g) for g in globs) for name in shipped)
