@@ -134,7 +134,7 @@ def tradeoff_figure(ours: Sequence[Mapping], device: str, metric: str = "recall_
     fig.add_trace(go.Scatter(
         x=[r["ms"] for r in rows], y=[r["mean"] for r in rows], error_y=_spread(rows),
         mode="markers+text+lines", text=[group_label(r["G"], r["n_heads"]) for r in rows],
-        textposition=["top left" if i % 2 else "bottom right" for i in range(len(rows))],  # neighbours on opposite sides
+        textposition=["middle right" if i % 2 else "middle left" for i in range(len(rows))],  # neighbours on opposite sides
         name="ours", marker=dict(size=11, color="#d62728"), line=dict(dash="dot"),
         hovertemplate="G=%{text}<br>%{x:.2f} ms/step<br>" + label + ": %{y:.3f}<extra></extra>",
     ), row=1, col=1)
@@ -146,7 +146,8 @@ def tradeoff_figure(ours: Sequence[Mapping], device: str, metric: str = "recall_
         marker=dict(size=11, color="#1f77b4"),
         hovertemplate="%{text}<br>%{x:.2f} s/sample<br>average score %{y:.1f}<extra></extra>",
     ), row=1, col=2)
-    fig.update_xaxes(title_text="ms per decode step (lower is faster)", rangemode="tozero", row=1, col=1)
+    fig.update_xaxes(title_text="ms per decode step (lower is faster)", range=[0, 1.3 * max(r["ms"] for r in rows)],
+                     row=1, col=1)
     fig.update_yaxes(title_text=label, row=1, col=1)
     fig.update_xaxes(title_text="T_infer, s per sample", range=[0, 1.15 * max(t_infer)], row=1, col=2)
     fig.update_yaxes(title_text="average score (ROUGE-1, BLEU, F1)", row=1, col=2)
