@@ -44,6 +44,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_or_pretrain",
+    "pretrain_and_save",
+    "checkpoint_name",
     "run_point",
     "run_grid",
     "load_or_run_grid",
@@ -125,7 +127,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def checkpoint_name(seed: int) -> str:
+    """File name of the pre-trained checkpoint of ``seed``."""
     return f"pretrained_seed{seed}.safetensors"
+
+
+def _first_existing(name: str, *folders: str | Path | None) -> Path | None:
+    """``folder/name`` for the first folder (None skipped) that holds ``name``; None if none does."""
+    for folder in folders:
+        if folder is not None and (Path(folder) / name).exists():
+            return Path(folder) / name
+    return None
+
+
+def pretrain_and_save(
+    seed: int, setup: ExperimentSetup, corpus: ToyCorpus, folder: str | Path | None, progress: bool = True,
+) -> TransformerLM:
+    """Pre-train the multi-head model of ``seed``; save it (with its held-out metrics) into ``folder`` if given."""
+    model, _ = pretrain(setup.model, corpus, setup.recipe, seed=seed, progress=progress)
+    if folder is not None:
+        final = _rounded(evaluate(model, corpus))
+        save_checkpoint(model, Path(folder) / checkpoint_name(seed), metadata={"seed": seed, "final": final})
+    return model
 
 
 def load_or_pretrain(
@@ -140,17 +162,13 @@ def load_or_pretrain(
 
     A freshly trained checkpoint is saved into ``cache_dir`` (when given).
     """
-    for folder in (data_dir, cache_dir):
-        if folder is not None and (Path(folder) / checkpoint_name(seed)).exists():
-            model, meta = load_checkpoint(Path(folder) / checkpoint_name(seed))
-            if model.config != setup.model:
-                raise ValueError(f"checkpoint in {folder} has config {model.config}, expected {setup.model}")
-            return model
-    corpus = corpus or setup.make_corpus()
-    model, result = pretrain(setup.model, corpus, setup.recipe, seed=seed, progress=progress)
-    if cache_dir is not None:
-        save_checkpoint(model, Path(cache_dir) / checkpoint_name(seed), metadata={"seed": seed, "final": evaluate(model, corpus)})
-    return model
+    path = _first_existing(checkpoint_name(seed), data_dir, cache_dir)
+    if path is not None:
+        model, _ = load_checkpoint(path)
+        if model.config != setup.model:
+            raise ValueError(f"checkpoint in {path.parent} has config {model.config}, expected {setup.model}")
+        return model
+    return pretrain_and_save(seed, setup, corpus or setup.make_corpus(), cache_dir, progress)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -232,12 +250,12 @@ def load_or_run_grid(
     progress: bool = True,
 ) -> dict:
     """The grid results: ``data_dir/grid.json``, else ``cache_dir/grid.json``, else computed now (and cached)."""
-    for folder in (data_dir, cache_dir):
-        if folder is not None and (Path(folder) / GRID_FILE).exists():
-            results = json.loads((Path(folder) / GRID_FILE).read_text())
-            if results["setup"] != json.loads(json.dumps(setup.to_dict())):
-                raise ValueError(f"{Path(folder) / GRID_FILE} was computed with a different setup; re-run the experiments")
-            return results
+    path = _first_existing(GRID_FILE, data_dir, cache_dir)
+    if path is not None:
+        results = json.loads(path.read_text())
+        if results["setup"] != json.loads(json.dumps(setup.to_dict())):
+            raise ValueError(f"{path} was computed with a different setup; re-run the experiments")
+        return results
     results = run_grid(setup, data_dir, cache_dir, progress)
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -308,9 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.what in ("pretrain", "all"):
         for seed in SETUP.seeds:
             t = time.perf_counter()
-            model, result = pretrain(SETUP.model, corpus, SETUP.recipe, seed=seed)
-            final = _rounded(evaluate(model, corpus))
-            save_checkpoint(model, out / checkpoint_name(seed), metadata={"seed": seed, "final": final})
+            pretrain_and_save(seed, SETUP, corpus, out)
+            final = load_checkpoint(out / checkpoint_name(seed))[1]["final"]
             print(f"pre-trained seed {seed} in {time.perf_counter() - t:.0f} s: {final}", flush=True)
     if args.what in ("grid", "all"):
         results = run_grid(SETUP, data_dir=out, cache_dir=None)
