@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     bw = sub.add_parser("bandwidth", help="measured streaming-read bandwidth of the device")
     _add_common(bw, dtype=False)
     bw.set_defaults(run=_cmd_bandwidth)
+
+    from .peers import add_peer_commands  # `peers` and `prefill`: gqa_lib against Hugging Face transformers
+
+    add_peer_commands(sub)
     return parser
 
 

@@ -3,6 +3,11 @@
 Everything here wraps :class:`torch.utils.benchmark.Timer`, which warms up,
 synchronises CUDA around each block of runs, and picks how many runs to
 average so that short calls are not drowned by timer overhead.
+
+``Timer`` runs its statement on **one** CPU thread unless told otherwise, so
+every timer here passes ``num_threads=torch.get_num_threads()`` (or the count
+given): what is timed runs on the threads the reader's code runs on, and
+:func:`device_name` reports that same count.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Callable
 import torch
 from torch.utils import benchmark
 
+from .checks import as_count
+
 __all__ = [
     "Timing",
     "available_memory_bytes",
@@ -25,6 +32,7 @@ __all__ = [
     "streaming_read_bandwidth",
     "time_call",
     "time_interleaved",
+    "timing_threads",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -51,11 +59,15 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
-    """A human-readable name of the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (x86_64, 2 threads)'."""
+def device_name(device: torch.device, num_threads: int | None = None) -> str:
+    """A human-readable name of the device, e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (x86_64, 2 threads)'.
+
+    The CPU's thread count is the one timings run on (:func:`timing_threads`).
+    """
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({platform.machine()}, {timing_threads(num_threads)} threads)"
 
 
 @dataclass(frozen=True)
@@ -71,18 +83,26 @@ class Timing:
         return self.median_s * 1e3
 
 
-def time_call(fn: Callable[[], object], min_run_time: float = 0.3) -> Timing:
+def timing_threads(num_threads: int | None = None) -> int:
+    """The CPU thread count timings run on: ``num_threads`` if given, else ``torch.get_num_threads()``."""
+    if num_threads is None:
+        return torch.get_num_threads()
+    return as_count("num_threads", num_threads)
+
+
+def time_call(fn: Callable[[], object], min_run_time: float = 0.3, num_threads: int | None = None) -> Timing:
     """Time ``fn()`` with torch.utils.benchmark: warm-up, CUDA sync, blocked autorange.
 
-    ``min_run_time`` is the least total measuring time in seconds.
+    ``min_run_time`` is the least total measuring time in seconds;
+    ``num_threads`` the CPU threads to run on (default: ``torch.get_num_threads()``).
     """
     fn()  # warm-up: first-call allocations, kernel selection, lazy init
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=timing_threads(num_threads))
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return Timing(median_s=m.median, iqr_s=m.iqr, runs=len(m.times))
 
 
-def time_interleaved(fns: dict, rounds: int = 2, min_run_time: float = 0.3) -> dict:
+def time_interleaved(fns: dict, rounds: int = 2, min_run_time: float = 0.3, num_threads: int | None = None) -> dict:
     """Time every callable of ``fns`` (key -> fn) in turn, ``rounds`` times; keep each key's best median.
 
     Interleaving makes a burst of load elsewhere on the machine hit every
@@ -93,37 +113,44 @@ def time_interleaved(fns: dict, rounds: int = 2, min_run_time: float = 0.3) -> d
     best: dict = {}
     for _ in range(rounds):
         for key, fn in fns.items():
-            t = time_call(fn, min_run_time=min_run_time)
+            t = time_call(fn, min_run_time=min_run_time, num_threads=num_threads)
             if key not in best or t.median_s < best[key].median_s:
                 best[key] = t
     return best
 
 
 def streaming_read_bandwidth(
-    device: torch.device | str | None = None, n_bytes: int = 512 * 2**20, min_run_time: float = 0.3
+    device: torch.device | str | None = None,
+    n_bytes: int = 512 * 2**20,
+    min_run_time: float = 0.3,
+    num_threads: int | None = None,
 ) -> float:
     """Measured streaming-read bandwidth of ``device`` in bytes per second.
 
     Sums a buffer of ``n_bytes`` (fp32, large enough to spill every cache):
     the reduction does almost no arithmetic, so its speed is the rate at which
     memory can be read, the ceiling of the roofline for decode attention.
+    On a CPU the figure depends on the thread count (one core cannot saturate
+    the memory bus), so it is measured on ``num_threads`` threads, by default
+    ``torch.get_num_threads()``, the count every other timing here uses:
+    compare a kernel's GB/s only with a bandwidth taken on the same count.
     """
     device = pick_device(device)
+    n_bytes = as_count("n_bytes", n_bytes, minimum=4)
     buffer = torch.ones(n_bytes // 4, dtype=torch.float32, device=device)
-    t = time_call(lambda: buffer.sum(), min_run_time=min_run_time)
+    t = time_call(lambda: buffer.sum(), min_run_time=min_run_time, num_threads=num_threads)
     return buffer.nbytes / t.median_s
 
 
-def quick_time(fn: Callable[[], object], repeats: int = 3) -> Timing:
+def quick_time(fn: Callable[[], object], repeats: int = 3, num_threads: int | None = None) -> Timing:
     """A fast estimate for interactive use: one warm-up call, then the median of ``repeats`` single calls.
 
     Uses torch.utils.benchmark (CUDA is synchronised around each call).
     Noisier than :func:`time_call`; meant for widgets that must answer in about a second.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1; got {repeats}")
+    repeats = as_count("repeats", repeats)
     fn()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=timing_threads(num_threads))
     times = sorted(timer.timeit(1).median for _ in range(repeats))
     return Timing(median_s=times[len(times) // 2], iqr_s=times[-1] - times[0], runs=repeats)
 
