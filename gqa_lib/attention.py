@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import as_count
 from .kv_cache import KVCache
 
 __all__ = [
     "grouped_attention",
+    "grouped_matmul_attention",
+    "repeat_kv",
     "repeat_kv_attention",
     "sdpa_attention",
     "GroupedQueryAttention",
@@ -31,16 +34,32 @@ __all__ = [
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
-    """Raise ValueError naming the offending shape if q, k, v do not fit together."""
+    """Raise ValueError naming the offending tensor if q, k, v do not fit together.
+
+    Checks types, rank, dtypes (one floating dtype for all three), devices,
+    and the shapes (B, H, Tq, D) and (B, G, Tk, D) with H % G == 0, D >= 1, Tk >= 1.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must have rank 4 (B, heads, T, D); got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must have a floating dtype; got {t.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k and v must share one dtype; got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k and v must be on one device; got q {q.device}, k {k.device}, v {v.device}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape; got k {tuple(k.shape)} and v {tuple(v.shape)}")
     if q.shape[0] != k.shape[0]:
         raise ValueError(f"batch size of q ({q.shape[0]}) differs from k/v ({k.shape[0]})")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"head dim of q ({q.shape[-1]}) differs from k/v ({k.shape[-1]})")
+    if q.shape[-1] == 0:
+        raise ValueError(f"head dim D must be >= 1; got q {tuple(q.shape)}")
+    if k.shape[2] == 0:
+        raise ValueError(f"k and v hold no positions (Tk=0); got k {tuple(k.shape)}")
     n_heads, n_groups = q.shape[1], k.shape[1]
     if n_groups < 1 or n_heads % n_groups != 0:
         raise ValueError(
@@ -65,42 +84,76 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None)
     return cols <= rows + offset  # (Tq, Tk)
 
 
-def grouped_attention(
+def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 scores take their softmax in fp32; fp32 and fp64 keep their own precision."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def grouped_matmul_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
 ) -> torch.Tensor:
-    """Scaled dot-product attention where G KV heads serve H query heads.
+    """Grouped-query attention written out as two batched matrix products (the teaching path).
 
-    q: (B, H, Tq, D); k, v: (B, G, Tk, D) with H % G == 0. Returns (B, H, Tq, D).
+    q: (B, H, Tq, D); k, v: (B, G, Tk, D) with H % G == 0. Returns (B, H, Tq, D)
+    in q's dtype. K and V are never repeated: the H query heads are viewed as G
+    groups of R = H/G rows, so each KV head is read once per call and serves
+    all R query heads of its group in one product. With ``causal=True`` the
+    queries are the last Tq of the Tk positions (decoding with a cache).
 
-    K and V are never repeated: the H query heads are viewed as G groups of
-    H/G rows, so each KV head is read from memory once per call and used by
-    all H/G query heads of its group in one batched matrix product.
-    With ``causal=True`` and Tq < Tk (decoding with a cache) the queries are
-    the last Tq positions.
+    The queries are scaled by 1/sqrt(D) *before* the product, so a score that
+    fits the dtype after scaling never overflows on the way (fp16's largest
+    value is 65504); fp16/bf16 take the softmax in fp32, fp32/fp64 in their
+    own precision. :func:`grouped_attention` computes the same thing with
+    PyTorch's fused kernel; tests hold the two equal.
     """
     _check_qkv(q, k, v, causal)
     B, H, Tq, D = q.shape
     G, Tk = k.shape[1], k.shape[2]
     R = H // G  # query heads per KV head
-    scale = 1.0 / math.sqrt(D)
     # (B, H, Tq, D) -> (B, G, R*Tq, D): heads g*R .. g*R+R-1 stack as rows of group g
-    q_grouped = q.reshape(B, G, R * Tq, D)
-    if Tq == 1 and q.device.type == "cpu" and q.dtype == torch.float32:
-        # Decoding in fp32 on a CPU: computing the scores key-major,
-        # K (Tk, D) @ q^T (D, R), streams each K row through a dot product,
-        # up to several times faster on CPU BLAS than q (R, D) @ K^T (measured
-        # with `python -m gqa_lib.bench attention`; in bf16 the usual
-        # orientation below is the faster one). The arithmetic is the same.
-        scores = torch.matmul(k, (q_grouped * scale).transpose(-2, -1))  # (B, G, Tk, R)
-        scores = scores.transpose(-2, -1).contiguous()  # (B, G, R, Tk)
-    else:
-        scores = torch.matmul(q_grouped, k.transpose(-2, -1)) * scale  # (B, G, R*Tq, Tk)
+    q_grouped = q.reshape(B, G, R * Tq, D) * (1.0 / math.sqrt(D))
+    scores = torch.matmul(q_grouped, k.transpose(-2, -1))  # (B, G, R*Tq, Tk)
     if causal and Tq > 1:
         allowed = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk): the last Tq of Tk positions
+        # (B, G, R*Tq, Tk) -> (B, G, R, Tq, Tk) to mask each head's Tq rows alike
         scores = scores.view(B, G, R, Tq, Tk).masked_fill(~allowed, float("-inf")).view(B, G, R * Tq, Tk)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # (B, G, R*Tq, Tk)
+    weights = torch.softmax(scores, dim=-1, dtype=_softmax_dtype(q.dtype)).to(v.dtype)  # (B, G, R*Tq, Tk)
     out = torch.matmul(weights, v)  # (B, G, R*Tq, D)
     return out.view(B, H, Tq, D)
+
+
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False
+) -> torch.Tensor:
+    """Scaled dot-product attention where G KV heads serve H query heads: the library's fast path.
+
+    q: (B, H, Tq, D); k, v: (B, G, Tk, D) with H % G == 0. Returns (B, H, Tq, D).
+    Same contract and result as :func:`grouped_matmul_attention`, computed by
+    PyTorch's fused ``scaled_dot_product_attention`` (no scores tensor in
+    memory, softmax fused with both products):
+
+    * Decoding (Tq = 1) and non-causal calls fold each group's R = H/G query
+      heads into the query rows, (B, H, Tq, D) -> (B, G, R*Tq, D), and hand
+      that to the fused kernel with the G KV heads as its heads. Each KV head
+      is read once, by one fused kernel, with no copy of K or V; this is what
+      FlashAttention-3 calls PackGQA and FlashDecoding does on GPUs. K and V
+      may be strided views (a slice of a longer cache).
+    * Causal prefill (Tq > 1) passes ``is_causal`` (Tq = Tk) or a
+      bottom-right-aligned mask (Tq < Tk) with ``enable_gqa=True``: the
+      fastest of the options measured by ``python -m gqa_lib.bench prefill``.
+    """
+    _check_qkv(q, k, v, causal)
+    B, H, Tq, D = q.shape
+    G, Tk = k.shape[1], k.shape[2]
+    if Tq == 1 or not causal:
+        R = H // G  # query heads per KV head
+        q_folded = q.reshape(B, G, R * Tq, D)  # (B, H, Tq, D) -> (B, G, R*Tq, D); contiguous q: a view
+        out = F.scaled_dot_product_attention(q_folded, k, v)  # (B, G, R*Tq, D)
+        return out.reshape(B, H, Tq, D)  # (B, G, R*Tq, D) -> (B, H, Tq, D)
+    if Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=G != H)
+    allowed = causal_mask(Tq, Tk, device=q.device)  # (Tq, Tk): the last Tq of Tk positions
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=G != H)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -125,10 +178,11 @@ def repeat_kv_attention(
     H, G = q.shape[1], k.shape[1]
     k_full = repeat_kv(k, H // G)  # (B, H, Tk, D)
     v_full = repeat_kv(v, H // G)  # (B, H, Tk, D)
-    scores = q @ k_full.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k_full.transpose(-2, -1)  # (B, H, Tq, Tk), scaled first
     if causal:
         scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v_full  # (B, H, Tq, D)
+    weights = torch.softmax(scores, dim=-1, dtype=_softmax_dtype(q.dtype)).to(v.dtype)  # (B, H, Tq, Tk)
+    return weights @ v_full  # (B, H, Tq, D)
 
 
 def sdpa_attention(
@@ -151,21 +205,27 @@ def sdpa_attention(
 
 ATTENTION_IMPLEMENTATIONS = {
     "grouped": grouped_attention,
+    "grouped_matmul": grouped_matmul_attention,
     "repeat_kv": repeat_kv_attention,
     "sdpa": sdpa_attention,
 }
 
 
-def check_head_counts(d_model: int, n_heads: int, n_kv_heads: int) -> None:
-    """Raise ValueError naming the value if the head counts cannot form GQA."""
-    if n_heads < 1:
-        raise ValueError(f"n_heads must be >= 1; got {n_heads}")
+def check_head_counts(d_model: int, n_heads: int, n_kv_heads: int) -> tuple[int, int, int]:
+    """(d_model, n_heads, n_kv_heads) as ints; ValueError naming the value if they cannot form GQA.
+
+    All three must be true integers >= 1 (not bools or floats).
+    """
+    d_model = as_count("d_model", d_model)
+    n_heads = as_count("n_heads", n_heads)
+    n_kv_heads = as_count("n_kv_heads", n_kv_heads)
     if d_model % n_heads != 0:
         raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
     if not 1 <= n_kv_heads <= n_heads:
         raise ValueError(f"n_kv_heads must be between 1 and n_heads={n_heads}; got {n_kv_heads}")
     if n_heads % n_kv_heads != 0:
         raise ValueError(f"n_heads={n_heads} must be divisible by n_kv_heads={n_kv_heads}")
+    return d_model, n_heads, n_kv_heads
 
 
 class GroupedQueryAttention(nn.Module):
@@ -177,13 +237,17 @@ class GroupedQueryAttention(nn.Module):
     d_model to ``n_kv_heads * head_dim``: the saving is in the weights and,
     above all, in the KV cache, which stores only ``n_kv_heads`` heads.
 
-    ``impl`` picks the attention kernel: ``"grouped"`` (default, no K/V
-    copies), ``"repeat_kv"`` (textbook) or ``"sdpa"`` (PyTorch fused).
+    ``impl`` picks the attention kernel: ``"grouped"`` (default: the fused
+    kernel over folded groups, no K/V copies), ``"grouped_matmul"`` (the same
+    written as two matrix products), ``"repeat_kv"`` (textbook copy) or
+    ``"sdpa"`` (PyTorch's ``enable_gqa=True``).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool = False, impl: str = "grouped"):
         super().__init__()
-        check_head_counts(d_model, n_heads, n_kv_heads)
+        d_model, n_heads, n_kv_heads = check_head_counts(d_model, n_heads, n_kv_heads)
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias must be True or False; got {bias!r}")
         if impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}; got {impl!r}")
         self.d_model = d_model
@@ -203,8 +267,13 @@ class GroupedQueryAttention(nn.Module):
         layer ``layer`` of the cache and the queries attend to everything
         cached so far (incremental decoding).
         """
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must have shape (B, T, d_model={self.d_model}); got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, T, d_model={self.d_model}); got {shape}")
+        if x.shape[1] == 0:
+            raise ValueError(f"x holds no positions (T=0); got shape {tuple(x.shape)}")
+        if cache is not None:
+            layer = as_count("layer", layer, minimum=0)
         B, T, _ = x.shape
         # (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)

@@ -15,12 +15,14 @@ projections. Three ways to build it, the paper's recipe and its two ablations:
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from .attention import GroupedQueryAttention
+from .checks import as_count
 
 __all__ = ["convert_to_gqa", "pool_heads", "CONVERSION_METHODS"]
 
@@ -36,6 +38,10 @@ def pool_heads(weight: torch.Tensor, n_heads: int, n_groups: int, method: str) -
     """
     if method not in ("mean", "first"):
         raise ValueError(f"pool_heads method must be 'mean' or 'first'; got {method!r}")
+    n_heads, n_groups = as_count("n_heads", n_heads), as_count("n_groups", n_groups)
+    if not isinstance(weight, torch.Tensor) or weight.dim() == 0:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a tensor of shape (n_heads * D, ...); got {shape}")
     rows = weight.shape[0]
     if rows % n_heads or n_heads % n_groups:
         raise ValueError(f"cannot pool {rows} rows of {n_heads} heads into {n_groups} groups")
@@ -47,10 +53,15 @@ def pool_heads(weight: torch.Tensor, n_heads: int, n_groups: int, method: str) -
 
 
 def _shrunk_linear(old: nn.Linear, n_heads: int, n_groups: int, method: str, generator: torch.Generator) -> nn.Linear:
-    """A new Linear with n_groups heads of outputs built from ``old`` (n_heads heads) by ``method``."""
+    """A new Linear with n_groups heads of outputs built from ``old`` (n_heads heads) by ``method``.
+
+    It keeps ``old``'s device, dtype, train/eval mode and each parameter's
+    ``requires_grad`` (a frozen K/V projection stays frozen).
+    """
     D = old.out_features // n_heads
     new = nn.Linear(old.in_features, n_groups * D, bias=old.bias is not None)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    new.train(old.training)
     with torch.no_grad():
         if method == "random":
             w = torch.randn(new.weight.shape, generator=generator, dtype=torch.float32) * _INIT_STD
@@ -61,6 +72,9 @@ def _shrunk_linear(old: nn.Linear, n_heads: int, n_groups: int, method: str, gen
             new.weight.copy_(pool_heads(old.weight, n_heads, n_groups, method))
             if new.bias is not None:
                 new.bias.copy_(pool_heads(old.bias, n_heads, n_groups, method))
+    new.weight.requires_grad_(old.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(old.bias.requires_grad)
     return new
 
 
@@ -73,17 +87,22 @@ def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed
     heads (G0 = H for a multi-head checkpoint), the K and V projections are
     rebuilt with ``n_kv_heads`` heads by ``method`` (``"mean"``, ``"first"``
     or ``"random"``; ``seed`` seeds the random one); every other weight is
-    copied. ``n_kv_heads`` must divide G0. The copy's ``config.n_kv_heads``
-    is updated when it has one.
+    copied, with its ``requires_grad`` (the new K/V projections take that of
+    the K/V projections they replace), and the train/eval mode is kept.
+    ``n_kv_heads`` must be an integer that divides G0; ``seed`` an integer
+    >= 0. The copy's ``config.n_kv_heads`` is updated when it has one.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module (e.g. a TransformerLM); got {type(model).__name__}")
     if method not in CONVERSION_METHODS:
         raise ValueError(f"method must be one of {CONVERSION_METHODS}; got {method!r}")
     attn_layers = [m for m in model.modules() if isinstance(m, GroupedQueryAttention)]
     if not attn_layers:
         raise ValueError("model has no GroupedQueryAttention layers to convert")
-    if isinstance(n_kv_heads, bool) or int(n_kv_heads) != n_kv_heads:
-        raise ValueError(f"n_kv_heads must be an integer; got {n_kv_heads!r}")
-    n_kv_heads = int(n_kv_heads)
+    if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, numbers.Integral):
+        n_kv_heads = as_count("n_kv_heads", n_kv_heads)  # not a plain integer: ValueError naming it
+    n_kv_heads = int(n_kv_heads)  # range checked below, with a message naming the valid values
+    seed = as_count("seed", seed, minimum=0)
     for attn in attn_layers:
         H, G0 = attn.n_heads, attn.n_kv_heads
         if not 1 <= n_kv_heads <= G0 or G0 % n_kv_heads:
@@ -91,7 +110,7 @@ def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed
             raise ValueError(
                 f"n_kv_heads={n_kv_heads} is invalid: it must be between 1 and {G0} and divide {which}"
             )
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(seed)
     new_model = copy.deepcopy(model)
     for attn in (m for m in new_model.modules() if isinstance(m, GroupedQueryAttention)):
         G0 = attn.n_kv_heads

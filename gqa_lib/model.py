@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import GroupedQueryAttention, check_head_counts
+from .attention import ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, check_head_counts
+from .checks import as_count, as_non_negative_float
 from .kv_cache import KVCache
 
 __all__ = ["TransformerConfig", "TransformerLM"]
@@ -26,13 +27,16 @@ class TransformerConfig:
     n_kv_heads: int = 8  # key/value heads, G (H: MHA, 1: MQA)
     d_ff: int = 512  # hidden width of the MLP
     bias: bool = False  # biases in the attention projections
-    attn_impl: str = "grouped"  # "grouped", "repeat_kv" or "sdpa"
+    attn_impl: str = "grouped"  # "grouped", "grouped_matmul", "repeat_kv" or "sdpa"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        check_head_counts(self.d_model, self.n_heads, self.n_kv_heads)
+            setattr(self, name, as_count(name, getattr(self, name)))
+        self.d_model, self.n_heads, self.n_kv_heads = check_head_counts(self.d_model, self.n_heads, self.n_kv_heads)
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias must be True or False; got {self.bias!r}")
+        if self.attn_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attn_impl must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}; got {self.attn_impl!r}")
 
     @property
     def head_dim(self) -> int:
@@ -85,31 +89,65 @@ class TransformerLM(nn.Module):
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model (``max_len`` defaults to ``max_seq_len``)."""
         c = self.config
-        max_len = c.max_seq_len if max_len is None else max_len
+        max_len = c.max_seq_len if max_len is None else as_count("max_len", max_len)
         if max_len > c.max_seq_len:
             raise ValueError(f"max_len={max_len} exceeds the model's max_seq_len={c.max_seq_len}")
         p = self.tok_emb.weight
         return KVCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim, dtype=p.dtype, device=p.device)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids -> logits (B, T, vocab_size).
+    def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
+        """ValueError naming ``idx`` unless it is a non-empty (B, T) tensor of token ids in range."""
+        if not isinstance(idx, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of token ids; got {type(idx).__name__}")
+        if idx.dim() != 2:
+            hint = " (for one sequence, pass idx[None])" if idx.dim() == 1 else ""
+            raise ValueError(f"{name} must have shape (B, T){hint}; got {tuple(idx.shape)}")
+        if idx.dtype == torch.bool or idx.is_floating_point() or idx.is_complex():
+            raise ValueError(f"{name} must hold integer token ids; got dtype {idx.dtype}")
+        if idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"{name} must hold at least one sequence of at least one token; got {tuple(idx.shape)}")
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(f"{name} holds token ids in [{lo}, {hi}]; valid ids are 0 .. {self.config.vocab_size - 1}")
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, vocab_size), or (B, 1, vocab_size) with ``last_only``.
 
         With a ``cache`` the tokens continue the cached sequence: their
-        positions start at ``cache.seq_len`` and their keys/values are appended.
+        positions start at ``cache.seq_len`` and their keys/values are
+        appended. If the call fails or is interrupted part-way (an exception,
+        KeyboardInterrupt), the cache is left as it was before the call.
+        ``last_only=True`` computes logits for the last position only (what
+        generation needs after a prefill: it skips a (T, vocab) product).
         """
-        if idx.dim() != 2:
-            raise ValueError(f"idx must have shape (B, T); got {tuple(idx.shape)}")
+        self._check_tokens(idx)
         B, T = idx.shape
-        start = 0 if cache is None else cache.seq_len
+        start = 0
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise ValueError(f"cache must be a KVCache; got {type(cache).__name__}")
+            if cache.n_layers != self.config.n_layers or cache.batch_size != B:
+                raise ValueError(
+                    f"cache has {cache.n_layers} layers and batch {cache.batch_size}; "
+                    f"this call needs {self.config.n_layers} layers and batch {B}"
+                )
+            start = cache.check_aligned()
         if start + T > self.config.max_seq_len:
             raise ValueError(
                 f"sequence of {start + T} positions exceeds max_seq_len={self.config.max_seq_len}"
             )
         positions = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.tok_emb(idx) + self.pos_emb(positions)  # (B, T, d_model)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
-        return F.linear(self.final_norm(x), self.tok_emb.weight)  # (B, T, vocab_size), tied weights
+        if cache is None:
+            for layer, block in enumerate(self.blocks):
+                x = block(x, None, layer)
+        else:
+            with cache.rollback_on_error():
+                for layer, block in enumerate(self.blocks):
+                    x = block(x, cache, layer)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, d_model)
+        return F.linear(self.final_norm(x), self.tok_emb.weight)  # (B, T or 1, vocab_size), tied weights
 
     @torch.no_grad()
     def generate(
@@ -122,16 +160,18 @@ class TransformerLM(nn.Module):
     ) -> torch.Tensor:
         """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens, decoding through a KV cache.
 
-        The prompt is run once (prefill); each new token then costs one
-        forward pass over a single position. ``temperature=0`` is greedy;
-        ``top_k`` keeps only the k most likely tokens. Returns (B, T + max_new_tokens).
+        The prompt is run once (prefill, logits for its last position only);
+        each new token then costs one forward pass over a single position.
+        ``temperature=0`` is greedy; ``top_k`` keeps only the k most likely
+        tokens. Returns (B, T + max_new_tokens).
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0; got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0; got {temperature}")
-        if top_k is not None and not 1 <= top_k <= self.config.vocab_size:
-            raise ValueError(f"top_k must be between 1 and vocab_size={self.config.vocab_size}; got {top_k}")
+        self._check_tokens(idx)
+        max_new_tokens = as_count("max_new_tokens", max_new_tokens, minimum=0)
+        temperature = as_non_negative_float("temperature", temperature)
+        if top_k is not None:
+            top_k = as_count("top_k", top_k)
+            if top_k > self.config.vocab_size:
+                raise ValueError(f"top_k must be between 1 and vocab_size={self.config.vocab_size}; got {top_k}")
         total = idx.shape[1] + max_new_tokens
         if total > self.config.max_seq_len:
             raise ValueError(
@@ -140,7 +180,7 @@ class TransformerLM(nn.Module):
         if max_new_tokens == 0:
             return idx
         cache = self.new_cache(idx.shape[0], total)
-        logits = self(idx, cache=cache)[:, -1, :]  # (B, V): prefill
+        logits = self(idx, cache=cache, last_only=True)[:, -1, :]  # (B, V): prefill
         out = [idx]
         for step in range(max_new_tokens):
             next_token = self._sample(logits, temperature, top_k, generator)  # (B, 1)
@@ -151,12 +191,12 @@ class TransformerLM(nn.Module):
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
-        """Pick one token per row of logits (B, V) -> (B, 1)."""
+        """Pick one token per row of logits (B, V) -> (B, 1), in fp32 whatever the model's dtype."""
         if temperature == 0:
             return logits.argmax(dim=-1, keepdim=True)
-        logits = logits / temperature
+        logits = logits.float() / temperature  # fp32: a tiny temperature must not overflow fp16
         if top_k is not None:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits.float(), dim=-1)
+        probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=generator)

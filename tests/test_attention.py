@@ -141,7 +141,7 @@ def test_causal_with_more_queries_than_keys_raises():
     "d_model,n_heads,n_kv_heads,match",
     [
         (64, 8, 3, "n_heads=8 must be divisible by n_kv_heads=3"),
-        (64, 8, 0, "between 1 and n_heads=8; got 0"),
+        (64, 8, 0, "n_kv_heads must be an integer >= 1; got 0"),
         (64, 8, 16, "between 1 and n_heads=8; got 16"),
         (66, 8, 2, "d_model=66 must be divisible by n_heads=8"),
     ],
