@@ -14,10 +14,17 @@ from pathlib import Path
 
 import torch
 
-from .attention import ATTENTION_IMPLEMENTATIONS
+from .attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
 from .model import TransformerConfig, TransformerLM
 from .progress import progress as progress_bar
-from .timing import device_name, parse_dtype, pick_device, streaming_read_bandwidth, time_interleaved
+from .timing import (
+    device_name,
+    parse_dtype,
+    pick_device,
+    streaming_read_bandwidth,
+    time_interleaved,
+    timing_threads,
+)
 
 __all__ = [
     "bench_attention_decode",
@@ -28,6 +35,22 @@ __all__ = [
     "main",
     "sweep_attention_decode",
 ]
+
+
+def sdpa_on_repeated_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """PyTorch's fused SDPA after copying K/V up to H heads: Hugging Face's path when it does not pass ``enable_gqa``.
+
+    Same contract as :func:`gqa_lib.grouped_attention` for decoding (Tq = 1);
+    a competitor for the benchmark, not part of the library.
+    """
+    if q.shape[2] != 1:
+        raise ValueError(f"sdpa_on_repeated_kv is a decode-step competitor (Tq = 1); got Tq={q.shape[2]}")
+    n_rep = q.shape[1] // k.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep))
+
+
+BENCH_IMPLEMENTATIONS = {**ATTENTION_IMPLEMENTATIONS, "sdpa_repeat_kv": sdpa_on_repeated_kv}
+DEFAULT_ATTENTION_IMPLS = ["grouped", "grouped_matmul", "sdpa", "sdpa_repeat_kv"]
 
 
 def divisors(n: int) -> list[int]:
@@ -56,12 +79,13 @@ def bench_attention_decode(
     every implementation, returns a row with ``ms`` (median milliseconds per
     call) and ``kv_gbps``: the bytes of K and V the step must read (G heads)
     divided by the time, in GB/s (1e9 bytes per second). Settings are timed
-    in turn ``rounds`` times; each row keeps its best median.
+    in turn ``rounds`` times; each row keeps its best median. Implementations:
+    :data:`BENCH_IMPLEMENTATIONS` (default :data:`DEFAULT_ATTENTION_IMPLS`).
     """
     device = pick_device(device)
     dtype = parse_dtype(dtype)
     groups = divisors(n_heads) if groups is None else groups
-    implementations = list(ATTENTION_IMPLEMENTATIONS) if implementations is None else implementations
+    implementations = list(DEFAULT_ATTENTION_IMPLS) if implementations is None else implementations
     _check_groups_and_impls(n_heads, groups, implementations)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     inputs = {}
@@ -71,7 +95,7 @@ def bench_attention_decode(
         v = torch.randn(batch_size, g, context, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk, D)
         inputs[g] = (q, k, v)
     calls = {
-        (g, name): functools.partial(ATTENTION_IMPLEMENTATIONS[name], *inputs[g], causal=True)
+        (g, name): functools.partial(BENCH_IMPLEMENTATIONS[name], *inputs[g], causal=True)
         for g in groups
         for name in implementations
     }
@@ -100,28 +124,35 @@ def _check_groups_and_impls(n_heads: int, groups: list[int], implementations: li
         if g < 1 or n_heads % g:
             raise ValueError(f"each G must divide n_heads={n_heads}; got G={g}")
     for name in implementations:
-        if name not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"unknown implementation {name!r}; choose from {sorted(ATTENTION_IMPLEMENTATIONS)}")
+        if name not in BENCH_IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {name!r}; choose from {sorted(BENCH_IMPLEMENTATIONS)}")
 
 
-def decode_step_model(config: TransformerConfig, batch_size: int, context: int, dtype, device, seed: int = 0):
+def decode_step_model(
+    config: TransformerConfig, batch_size: int, context: int, dtype, device, seed: int = 0, new_tokens: int = 64
+):
     """A model and a closure that runs one decoding step with ``context`` positions already cached.
 
-    The cache is filled with random keys/values (as if a prompt had been
-    prefilled) and rewound after every step, so each call decodes token
-    ``context + 1`` of every sequence: exactly the per-token work of
-    :meth:`TransformerLM.generate`. Returns (model, cache, step).
+    The cache is allocated as :meth:`TransformerLM.generate` allocates it,
+    for the prompt plus ``new_tokens`` generated tokens, so attention reads a
+    strided slice of it, exactly as in a real generation. It is filled with
+    random keys/values (as if a prompt had been prefilled) and rewound after
+    every step, so each call decodes token ``context + 1`` of every sequence:
+    the per-token work of ``generate``. Returns (model, cache, step).
     """
     torch.manual_seed(seed)
     model = TransformerLM(config).to(device=device, dtype=dtype).eval()
-    cache = model.new_cache(batch_size, context + 1)
+    cache = model.new_cache(batch_size, context + new_tokens)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    cache.keys[:, :, :, :context].copy_(torch.randn(cache.keys[:, :, :, :context].shape, generator=gen))
-    cache.values[:, :, :, :context].copy_(torch.randn(cache.values[:, :, :, :context].shape, generator=gen))
+    for store in (cache.keys, cache.values):
+        for layer in range(config.n_layers):  # one layer at a time: no full-size fp32 temporary
+            filled = store[layer, :, :, :context]  # (B, G, context, D)
+            filled.copy_(torch.randn(filled.shape, generator=gen))
+    cache.lengths = [context] * config.n_layers
     token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
 
     def step():
-        cache.lengths = [context] * config.n_layers  # rewind to the prompt
+        cache.truncate(context)  # rewind to the prompt
         with torch.no_grad():
             return model(token, cache=cache)
 
@@ -161,7 +192,7 @@ def bench_model_decode(
     for g in groups:
         for name in implementations:
             config = TransformerConfig(
-                vocab_size=vocab_size, max_seq_len=context + 1, d_model=d_model, n_layers=n_layers,
+                vocab_size=vocab_size, max_seq_len=context + 64, d_model=d_model, n_layers=n_layers,
                 n_heads=n_heads, n_kv_heads=g, d_ff=d_ff, attn_impl=name,
             )
             setups.append((g, name, *decode_step_model(config, batch_size, context, dtype, device, seed)))
@@ -178,7 +209,7 @@ def bench_model_decode(
                 "iqr_ms": t.iqr_s * 1e3,
                 "tokens_per_s": batch_size / t.median_s,
                 "weight_bytes": model.num_parameters() * elem,
-                "kv_bytes": cache.nbytes * context // (context + 1),
+                "kv_bytes": cache.nbytes * context // cache.max_len,  # the filled part, read each step
             }
         )
     return rows
@@ -234,39 +265,84 @@ def _print_attention_table(rows: list[dict], bandwidth_gbps: float, out=None) ->
     out = sys.stdout if out is None else out
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     by_key = {(r["G"], r["impl"]): r for r in rows}
-    header = f"{'G':>4} {'KV MB':>8} " + " ".join(f"{name + ' ms':>14} {'GB/s':>7}" for name in impls)
+    header = f"{'G':>4} {'KV MB':>8} " + " ".join(f"{name + ' ms':>20} {'GB/s':>6}" for name in impls)
     print(header, file=out)
     for g in dict.fromkeys(r["G"] for r in rows):
         cells = []
         for name in impls:
             r = by_key[(g, name)]
-            cells.append(f"{r['ms']:>14.3f} {r['kv_gbps']:>7.1f}")
+            cells.append(f"{r['ms']:>20.3f} {r['kv_gbps']:>6.1f}")
         print(f"{g:>4} {by_key[(g, impls[0])]['kv_bytes'] / 1e6:>8.1f} " + " ".join(cells), file=out)
-    print(f"streaming-read bandwidth of this device: {bandwidth_gbps:.1f} GB/s", file=out)
+    print(f"streaming-read bandwidth of this device (same thread count): {bandwidth_gbps:.1f} GB/s", file=out)
+
+
+def attention_targets(rows: list[dict], bandwidth_gbps: float) -> dict:
+    """The figures the core is held to, from one (dtype, context) table of :func:`bench_attention_decode`.
+
+    ``ratio_to_best_sdpa[G]``: grouped's time over the faster of SDPA with
+    ``enable_gqa`` and SDPA on repeated K/V (target <= 1.05);
+    ``mha_over_quarter``: t(G=H) / t(G=H/4) of grouped (target >= 3 in bf16 for H = 32);
+    ``share_of_bandwidth``: grouped's K/V GB/s at G = H over the streaming-read
+    bandwidth measured on the same threads (target >= 0.7). Missing rows give None.
+    """
+    by = {(r["G"], r["impl"]): r for r in rows}
+    groups = sorted({r["G"] for r in rows})
+    mha = max(groups)
+    ratios = {}
+    for g in groups:
+        peers = [by[g, name]["ms"] for name in ("sdpa", "sdpa_repeat_kv") if (g, name) in by]
+        if (g, "grouped") in by and peers:
+            ratios[g] = by[g, "grouped"]["ms"] / min(peers)
+    quarter = mha // 4
+    mha_over_quarter = None
+    if (mha, "grouped") in by and (quarter, "grouped") in by:
+        mha_over_quarter = by[mha, "grouped"]["ms"] / by[quarter, "grouped"]["ms"]
+    share = by[mha, "grouped"]["kv_gbps"] / bandwidth_gbps if (mha, "grouped") in by else None
+    return {"ratio_to_best_sdpa": ratios, "mha_over_quarter": mha_over_quarter, "share_of_bandwidth": share}
+
+
+def _print_attention_targets(targets: dict, n_heads: int, out=None) -> None:
+    out = sys.stdout if out is None else out
+    ratios = targets["ratio_to_best_sdpa"]
+    if ratios:
+        worst = max(ratios, key=ratios.get)
+        cells = " ".join(f"G={g}:{r:.2f}" for g, r in ratios.items())
+        print(f"grouped / fastest SDPA path: {cells} (worst {ratios[worst]:.2f} at G={worst}; target <= 1.05)",
+              file=out)
+    if targets["mha_over_quarter"] is not None:
+        print(f"grouped t(G={n_heads}) / t(G={n_heads // 4}): {targets['mha_over_quarter']:.2f}x", file=out)
+    if targets["share_of_bandwidth"] is not None:
+        print(f"grouped at G={n_heads} reads K/V at {targets['share_of_bandwidth']:.0%} of the streaming-read "
+              f"bandwidth (target >= 70%)", file=out)
 
 
 def _cmd_attention(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    groups = None if args.groups is None else [int(g) for g in args.groups.split(",")]
-    print(
-        f"decode-step attention: B={args.batch} H={args.heads} D={args.head_dim} Tk={args.context} "
-        f"{args.dtype} on {device_name(device)}"
-    )
-    rows = bench_attention_decode(
-        batch_size=args.batch,
-        n_heads=args.heads,
-        head_dim=args.head_dim,
-        context=args.context,
-        dtype=args.dtype,
-        device=device,
-        groups=groups,
-        min_run_time=args.min_run_time,
-    )
-    bandwidth = streaming_read_bandwidth(device) / 1e9
-    _print_attention_table(rows, bandwidth)
-    settings = {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "context", "dtype")}
+    groups = _int_list(args, "groups", args.groups) if args.groups else None
+    contexts = _int_list(args, "context", args.context)
+    dtypes = _dtype_list(args, args.dtype)
+    impls = args.impls.split(",")
+    threads = timing_threads()
+    bandwidth = streaming_read_bandwidth(device, num_threads=threads) / 1e9
+    tables = []
+    for dtype in dtypes:
+        for context in contexts:
+            print(f"\ndecode-step attention: B={args.batch} H={args.heads} D={args.head_dim} Tk={context} "
+                  f"{dtype} on {device_name(device)}")
+            rows = bench_attention_decode(
+                batch_size=args.batch, n_heads=args.heads, head_dim=args.head_dim, context=context, dtype=dtype,
+                device=device, groups=groups, implementations=impls, min_run_time=args.min_run_time,
+                rounds=args.rounds,
+            )
+            _print_attention_table(rows, bandwidth)
+            targets = attention_targets(rows, bandwidth)
+            _print_attention_targets(targets, args.heads)
+            tables.append({"dtype": dtype, "context": context, "rows": rows, "targets": targets})
+    settings = {k: getattr(args, k) for k in ("batch", "heads", "head_dim")}
+    settings.update(contexts=contexts, dtypes=dtypes, threads=threads, rounds=args.rounds)
+    # the first table's rows also sit at the top level, the shape `load_results` readers expect
     return {"benchmark": "attention", **_environment(device), "settings": settings,
-            "streaming_read_gbps": bandwidth, "rows": rows}
+            "streaming_read_gbps": bandwidth, "rows": tables[0]["rows"], "tables": tables}
 
 
 def _print_model_table(rows: list[dict], out=None) -> None:
@@ -296,7 +372,7 @@ def _print_model_table(rows: list[dict], out=None) -> None:
 
 def _cmd_model(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    groups = None if args.groups is None else [int(g) for g in args.groups.split(",")]
+    groups = _int_list(args, "groups", args.groups)
     impls = args.impls.split(",")
     print(
         f"whole-model decode step: H={args.heads} d_model={args.d_model} layers={args.layers} d_ff={args.d_ff} "
@@ -314,7 +390,7 @@ def _cmd_model(args: argparse.Namespace) -> dict:
 
 def _cmd_sweep(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    contexts = [int(c) for c in args.contexts.split(",")]
+    contexts = _int_list(args, "contexts", args.contexts)
     print(f"decode-attention sweep: B={args.batch} H={args.heads} D={args.head_dim} {args.dtype} on {device_name(device)}")
     rows = sweep_attention_decode(
         contexts=contexts, batch_size=args.batch, n_heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
@@ -329,53 +405,100 @@ def _cmd_sweep(args: argparse.Namespace) -> dict:
 
 def _cmd_bandwidth(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    gbps = streaming_read_bandwidth(device) / 1e9
+    gbps = streaming_read_bandwidth(device, num_threads=timing_threads()) / 1e9
     print(f"streaming-read bandwidth of {device_name(device)}: {gbps:.1f} GB/s")
     return {"benchmark": "bandwidth", **_environment(device), "settings": {}, "rows": [{"gbps": gbps}]}
 
 
-def _add_common(p: argparse.ArgumentParser, dtype: bool = True) -> None:
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when present)")
-    if dtype:
+def _int_list(args: argparse.Namespace, option: str, text: str) -> list[int]:
+    """'1,4,32' -> [1, 4, 32]; a usage error naming ``--option`` for anything else."""
+    flag = "--" + option.replace("_", "-")
+    try:
+        values = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        values = [0]
+    if any(value < 1 for value in values):
+        args.parser.error(f"{flag} must be comma-separated positive integers; got {text!r}")
+    return values
+
+
+def _dtype_list(args: argparse.Namespace, text: str) -> list[str]:
+    """'float32,bfloat16' -> ['float32', 'bfloat16']; a usage error for unknown names."""
+    names = str(text).split(",")
+    if any(name not in ("float32", "float16", "bfloat16") for name in names):
+        args.parser.error(f"--dtype must be comma-separated names from float32, float16, bfloat16; got {text!r}")
+    return names
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, dtype: bool = True, dtype_choices: bool = False) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu, cuda or auto (CUDA when present)")
+    if dtype and dtype_choices:
         p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    elif dtype:
+        p.add_argument("--dtype", default="float32", help="comma-separated: float32, float16, bfloat16")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gqa_lib.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    att = sub.add_parser("attention", help="time one decode step of attention for every G")
-    att.add_argument("--batch", type=int, default=4)
-    att.add_argument("--heads", type=int, default=32, help="query heads H")
-    att.add_argument("--head-dim", type=int, default=128)
-    att.add_argument("--context", type=int, default=2048, help="cached positions Tk")
+    att = sub.add_parser("attention", help="time one decode step of attention for every G, dtype and context")
+    att.add_argument("--batch", type=positive_int, default=4)
+    att.add_argument("--heads", type=positive_int, default=32, help="query heads H")
+    att.add_argument("--head-dim", type=positive_int, default=128)
+    att.add_argument("--context", default="2048,8192", help="comma-separated cached positions Tk")
     att.add_argument("--groups", default=None, help="comma-separated G values (default: every divisor of H)")
-    att.add_argument("--min-run-time", type=float, default=0.3, help="seconds of measuring per figure")
+    att.add_argument("--impls", default=",".join(DEFAULT_ATTENTION_IMPLS),
+                     help=f"comma-separated, from {', '.join(BENCH_IMPLEMENTATIONS)}")
+    att.add_argument("--min-run-time", type=positive_float, default=0.3, help="seconds of measuring per figure")
+    att.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds (best median kept)")
     _add_common(att)
-    att.set_defaults(run=_cmd_attention)
+    att.set_defaults(run=_cmd_attention, dtype="float32,bfloat16")
 
     mod = sub.add_parser("model", help="time one token of generation of a whole TransformerLM for every G")
-    mod.add_argument("--heads", type=int, default=32, help="query heads H")
-    mod.add_argument("--d-model", type=int, default=2048)
-    mod.add_argument("--layers", type=int, default=2)
-    mod.add_argument("--d-ff", type=int, default=2048)
-    mod.add_argument("--batch", type=int, default=8)
-    mod.add_argument("--context", type=int, default=8192, help="cached positions before the step")
+    mod.add_argument("--heads", type=positive_int, default=32, help="query heads H")
+    mod.add_argument("--d-model", type=positive_int, default=2048)
+    mod.add_argument("--layers", type=positive_int, default=2)
+    mod.add_argument("--d-ff", type=positive_int, default=2048)
+    mod.add_argument("--batch", type=positive_int, default=8)
+    mod.add_argument("--context", type=positive_int, default=8192, help="cached positions before the step")
     mod.add_argument("--groups", default="1,4,32", help="comma-separated G values")
     mod.add_argument("--impls", default="grouped,sdpa,repeat_kv", help="attention implementations")
-    mod.add_argument("--min-run-time", type=float, default=0.5)
-    _add_common(mod)
-    # bf16, as models are deployed; on CPUs with AVX512-BF16 it also keeps the
-    # grouped products memory-bound (in fp32 a CPU is compute-bound at H/G >= 8).
+    mod.add_argument("--min-run-time", type=positive_float, default=0.5)
+    _add_common(mod, dtype_choices=True)
+    # bf16, as models are deployed
     mod.set_defaults(run=_cmd_model, dtype="bfloat16")
 
     swp = sub.add_parser("sweep", help="decode-attention time for every (context, G): data for the book's sliders")
     swp.add_argument("--contexts", default="256,512,1024,2048,4096,8192")
-    swp.add_argument("--batch", type=int, default=4)
-    swp.add_argument("--heads", type=int, default=32)
-    swp.add_argument("--head-dim", type=int, default=128)
-    swp.add_argument("--min-run-time", type=float, default=0.2)
-    _add_common(swp)
+    swp.add_argument("--batch", type=positive_int, default=4)
+    swp.add_argument("--heads", type=positive_int, default=32)
+    swp.add_argument("--head-dim", type=positive_int, default=128)
+    swp.add_argument("--min-run-time", type=positive_float, default=0.2)
+    _add_common(swp, dtype_choices=True)
     swp.set_defaults(run=_cmd_sweep)
 
     bw = sub.add_parser("bandwidth", help="measured streaming-read bandwidth of the device")
@@ -389,8 +512,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    result = args.run(args)
+    """Run one benchmark command; bad arguments end with a usage error (exit status 2), not a traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.parser = parser
+    if args.json is not None and args.json.is_dir():
+        parser.error(f"--json names a folder, not a file: {args.json}")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        parser.error(f"{args.json} exists; pass --overwrite to replace it")
+    try:
+        result = args.run(args)
+    except ValueError as error:  # e.g. a G that does not divide H, CUDA asked for but absent
+        parser.error(str(error))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -17,7 +17,7 @@ def test_divisors():
 def test_bench_attention_rows_cover_every_g_and_impl():
     rows = bench.bench_attention_decode(batch_size=1, n_heads=4, head_dim=8, context=16, min_run_time=0.01)
     assert [(r["G"], r["impl"]) for r in rows] == [
-        (g, impl) for g in (1, 2, 4) for impl in ("grouped", "repeat_kv", "sdpa")
+        (g, impl) for g in (1, 2, 4) for impl in ("grouped", "grouped_matmul", "sdpa", "sdpa_repeat_kv")
     ]
     for r in rows:
         assert r["kv_bytes"] == 2 * 1 * r["G"] * 16 * 8 * 4  # K and V, fp32
@@ -38,7 +38,7 @@ def test_cli_writes_json(tmp_path, capsys):
     assert {r["G"] for r in data["rows"]} == {1, 2}
     assert data["streaming_read_gbps"] > 0
     printed = capsys.readouterr().out
-    assert "streaming-read bandwidth" in printed and "grouped ms" in printed
+    assert "streaming-read bandwidth" in printed and "grouped ms" in printed and "fastest SDPA path" in printed
 
 
 def test_time_interleaved_keeps_best_median_per_key():
