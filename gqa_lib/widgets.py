@@ -7,6 +7,12 @@ reader picked against MHA and MQA. Figures are plain ``go.Figure`` objects
 redrawn inside ``ipywidgets.Output`` (no ``FigureWidget``), which works with
 the ipywidgets 7.7 / plotly 5.24 that Colab ships as well as newer versions.
 
+What is timed is the path the book's ``generate()`` runs: the KV cache is
+allocated for the whole generation, so attention reads the first ``context``
+positions of a longer cache, a strided view, not a tensor of exactly
+``context`` positions. On a CPU the timings run on the threads the reader's
+code has (``torch.get_num_threads()``), and the figure says how many.
+
 On the static website no Python runs, so :meth:`DecodeExplorer.display`
 shows a snapshot of the current state instead of live widgets when the
 environment variable ``GQA_BOOK_STATIC`` is set (the book's build sets it).
@@ -20,76 +26,214 @@ import torch
 
 from .attention import grouped_attention
 from .bench import divisors
+from .checks import as_count
 from .kv_cache import kv_cache_bytes
 from .plots import show
 from .presets import PRESETS, ModelPreset
 from .speed_figures import kv_by_group_figure, time_by_group_figure
-from .timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time
+from .timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
 
 __all__ = ["DecodeExplorer", "measure_decode_per_group", "SizeRefused"]
 
 CONTEXTS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 DTYPES = ("float32", "bfloat16", "float16")
+SPARE_POSITIONS = 64  # cache positions past the context: a generation of 64 more tokens
+
+_OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError,)
 
 
 class SizeRefused(ValueError):
     """A requested size would not fit in free memory or in the live-timing budget."""
 
 
-def _memory_needed(preset: ModelPreset, batch_size: int, context: int, elem: int) -> int:
-    """Bytes the MHA-sized timing needs at once: K and V of one layer plus the query and scores."""
-    return kv_cache_bytes(1, preset.n_heads, preset.head_dim, context, batch_size, elem) + (
-        batch_size * preset.n_heads * context * 4 * 2  # fp32 scores and weights
-    )
+def _dtype_name(dtype) -> str:
+    """'float32' | 'bfloat16' | 'float16' for that name or torch.dtype; ValueError naming anything else."""
+    if isinstance(dtype, torch.dtype):
+        for name in DTYPES:
+            if parse_dtype(name) == dtype:
+                return name
+    elif isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
+    raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}")
+
+
+def _preset(preset) -> ModelPreset:
+    """A ModelPreset, or the preset of that name; ValueError naming anything else."""
+    if isinstance(preset, ModelPreset):
+        return preset
+    if isinstance(preset, str) and preset in PRESETS:
+        return PRESETS[preset]
+    raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(PRESETS)}")
+
+
+def _device(device) -> torch.device:
+    """pick_device for a CPU or CUDA device; ValueError naming anything else (a string torch cannot parse, 'meta')."""
+    try:
+        picked = pick_device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}: {err}") from None
+    if picked.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or a CUDA device; got {device!r}")
+    return picked
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+def _memory_parts(
+    preset: ModelPreset, batch_size: int, context: int, elem: int, spare_positions: int = SPARE_POSITIONS
+) -> dict[str, int]:
+    """Bytes the MHA-sized timing holds at once, by part (the sum is what the memory guard compares).
+
+    * ``"k_v"``: K and V of all H heads over ``context + spare_positions``
+      cache positions (the cache the G heads are sliced from), in the timed dtype;
+    * ``"q"``: the query, a scaled copy of it and the output, each (B, H, 1, D);
+    * ``"scores"``: the scores of all H heads over ``context`` keys, held at
+      most three times at once in fp32 (scores, the fp32 copy a bf16/fp16
+      softmax takes, the fp32 weights), as the plain matmul path
+      (:func:`~gqa_lib.attention.grouped_matmul_attention`) holds them; an
+      upper bound for the fused kernel, which keeps far less.
+
+    For the sizes the explorer offers, K/V are over 95% of the total.
+    """
+    B, H, D = batch_size, preset.n_heads, preset.head_dim
+    return {
+        "k_v": kv_cache_bytes(1, H, D, context + spare_positions, B, elem),
+        "q": 3 * B * H * D * elem,
+        "scores": 3 * B * H * context * 4,
+    }
+
+
+def _memory_needed(
+    preset: ModelPreset, batch_size: int, context: int, elem: int, spare_positions: int = SPARE_POSITIONS
+) -> int:
+    """Bytes the MHA-sized timing needs at once: the sum of :func:`_memory_parts`."""
+    return sum(_memory_parts(preset, batch_size, context, elem, spare_positions).values())
+
+
+def _decode_inputs(
+    preset: ModelPreset, batch_size: int, context: int, dtype: torch.dtype, device: torch.device,
+    spare_positions: int = SPARE_POSITIONS, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q (B, H, 1, D) and one MHA-sized cache K, V (B, H, context + spare_positions, D).
+
+    Built directly in ``dtype`` on ``device`` (a generator on that device, no
+    fp32 copy first), so the peak is what :func:`_memory_parts` counts.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    B, H, D = batch_size, preset.n_heads, preset.head_dim
+    q = torch.randn(B, H, 1, D, generator=gen, dtype=dtype, device=device)
+    cache_shape = (B, H, context + spare_positions, D)  # (B, H, max_len, D)
+    k_cache = torch.randn(cache_shape, generator=gen, dtype=dtype, device=device)
+    v_cache = torch.randn(cache_shape, generator=gen, dtype=dtype, device=device)
+    return q, k_cache, v_cache
+
+
+def _cache_slice(cache: torch.Tensor, g: int, context: int) -> torch.Tensor:
+    """The first ``context`` positions of a G-head cache laid out in the storage of the MHA-sized ``cache``.
+
+    ``cache`` (B, H, max_len, D), contiguous. Its first B*G*max_len*D elements
+    are read as a (B, G, max_len, D) cache, the layout of one layer of a
+    :class:`~gqa_lib.kv_cache.KVCache` with G heads, and sliced to
+    (B, G, context, D) as ``KVCache.update`` returns it: a strided view, no copy.
+    """
+    B, _, max_len, D = cache.shape
+    return cache.view(-1)[: B * g * max_len * D].view(B, g, max_len, D)[:, :, :context]
 
 
 def measure_decode_per_group(
-    preset: ModelPreset,
+    preset: ModelPreset | str,
     batch_size: int,
     context: int,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     groups: list[int] | None = None,
     repeats: int = 3,
     max_bytes: int | None = None,
+    *,
+    spare_positions: int = SPARE_POSITIONS,
+    num_threads: int | None = None,
 ) -> dict[int, float]:
     """Milliseconds of one decode step of one attention layer of ``preset``'s shape, for each G.
 
-    Raises :class:`SizeRefused` (a ValueError) when the MHA-sized K/V would
-    not fit in half of the device's free memory, or exceed ``max_bytes``
-    (default: 1.5 GB on CPU, to keep a widget update near a second; none on CUDA).
+    ``groups`` (default: every divisor of the preset's H) must each divide H.
+    One query token of H heads attends to ``context`` cached positions of G KV
+    heads, read as ``generate()`` reads them: the cache holds
+    ``context + spare_positions`` positions (room for the tokens still to be
+    generated; default 64) and attention reads the slice ``[:, :, :context]``
+    of it, a strided view with the strides of one layer of a
+    :class:`~gqa_lib.kv_cache.KVCache`. K and V are allocated once at MHA size
+    (H heads); each G reads a (B, G, max_len, D) cache laid out in the first
+    elements of that storage (a view, no copy, no new allocation).
+
+    On a CPU the timing runs on ``num_threads`` threads (default
+    ``torch.get_num_threads()``, see :func:`gqa_lib.timing.timing_threads`);
+    label results with ``device_name(device, num_threads)``.
+
+    Raises :class:`SizeRefused` (a ValueError) when what the timing holds at
+    once (:func:`_memory_parts`: K/V, q, output and fp32 scores) would not fit
+    in half of the device's free memory, or exceed ``max_bytes`` (default:
+    1.5 GB on CPU, to keep a widget update near a second; none on CUDA), and
+    ValueError naming any bad argument.
     """
-    device = pick_device(device)
-    torch_dtype = parse_dtype(dtype)
-    elem = torch.tensor([], dtype=torch_dtype).element_size()
-    needed = _memory_needed(preset, batch_size, context, elem)
+    preset = _preset(preset)
+    batch_size = as_count("batch_size", batch_size)
+    context = as_count("context", context)
+    torch_dtype = parse_dtype(_dtype_name(dtype))
+    device = _device(device)
+    repeats = as_count("repeats", repeats)
+    spare_positions = as_count("spare_positions", spare_positions, minimum=0)
+    threads = timing_threads(num_threads)
+    if max_bytes is not None:
+        max_bytes = as_count("max_bytes", max_bytes)
+    H = preset.n_heads
+    if groups is None:
+        groups = divisors(H)
+    else:
+        try:
+            groups = list(groups)
+        except TypeError:
+            raise ValueError(f"groups must be a list of G values; got {groups!r}") from None
+        if not groups:
+            raise ValueError("groups must name at least one G; got an empty list")
+        groups = [as_count("G", g) for g in groups]
+        for g in groups:
+            if H % g:
+                raise ValueError(f"G={g} does not divide {preset.name}'s n_heads H={H}; valid G: {divisors(H)}")
+
+    needed = _memory_needed(preset, batch_size, context, _element_size(torch_dtype), spare_positions)
     free = available_memory_bytes(device)
+    label = device_name(device, threads)
     if needed > free // 2:
         raise SizeRefused(
-            f"batch {batch_size} x context {context} needs {needed / 2**30:.2f} GiB for MHA's K/V, "
-            f"more than half of the {free / 2**30:.1f} GiB free on {device_name(device)}"
+            f"batch {batch_size} x context {context} needs {needed / 2**30:.2f} GiB at once for MHA's K/V and scores, "
+            f"more than half of the {free / 2**30:.1f} GiB free on {label}"
         )
     if max_bytes is None:
         max_bytes = 1_500_000_000 if device.type == "cpu" else None
     if max_bytes is not None and needed > max_bytes:
         raise SizeRefused(
-            f"batch {batch_size} x context {context} would read {needed / 1e9:.2f} GB per MHA step: "
-            f"too slow to time live on {device_name(device)} (limit {max_bytes / 1e9:.1f} GB); pick a smaller size"
+            f"batch {batch_size} x context {context} needs {needed / 1e9:.2f} GB at once for MHA's K/V and scores: "
+            f"too slow to time live on {label} (limit {max_bytes / 1e9:.1f} GB); pick a smaller size"
         )
-    groups = divisors(preset.n_heads) if groups is None else groups
-    gen = torch.Generator(device="cpu").manual_seed(0)
     ms = {}
-    with torch.no_grad():
-        q = torch.randn(batch_size, preset.n_heads, 1, preset.head_dim, generator=gen).to(device, torch_dtype)
-        # One MHA-sized K/V; every smaller G reads the first G heads of it (a view, no copy).
-        shape = (batch_size, preset.n_heads, context, preset.head_dim)  # (B, H, Tk, D)
-        k_all = torch.randn(shape, generator=gen).to(device, torch_dtype)
-        v_all = torch.randn(shape, generator=gen).to(device, torch_dtype)
-        for g in groups:
-            k, v = k_all[:, :g], v_all[:, :g]  # (B, G, Tk, D)
-            ms[g] = quick_time(lambda: grouped_attention(q, k, v, causal=True), repeats=repeats).median_ms
-        del k_all, v_all
+    try:
+        with torch.no_grad():
+            q, k_cache, v_cache = _decode_inputs(preset, batch_size, context, torch_dtype, device, spare_positions)
+            for g in groups:
+                # a G-head cache (B, G, max_len, D) in the MHA-sized storage, read over Tk=context positions
+                k, v = _cache_slice(k_cache, g, context), _cache_slice(v_cache, g, context)  # (B, G, Tk, D)
+                ms[g] = quick_time(
+                    lambda: grouped_attention(q, k, v, causal=True), repeats=repeats, num_threads=threads
+                ).median_ms
+            del q, k, v, k_cache, v_cache
+    except _OUT_OF_MEMORY as err:
+        raise SizeRefused(
+            f"batch {batch_size} x context {context} ran out of memory on {label} "
+            f"(estimated {needed / 2**30:.2f} GiB at once): {err}"
+        ) from None
     return ms
 
 
@@ -99,70 +243,101 @@ class DecodeExplorer:
     ``DecodeExplorer().display()`` shows the widget. The state lives in plain
     attributes (``preset``, ``G``, ``context``, ``batch_size``, ``dtype``)
     that :meth:`set` changes and the sliders drive, so it can be used and
-    tested without a front end. Timings per (shape, batch, context, dtype)
-    are measured once and remembered: moving only G redraws instantly.
+    tested without a front end. Timings per (shape, batch, context, dtype,
+    threads) are measured once and remembered: moving only G redraws instantly.
+
+    Each timing is one decode step of one attention layer as ``generate()``
+    runs it: the G KV heads are read as the first ``context`` positions of a
+    cache with :data:`SPARE_POSITIONS` (64) more positions, a strided slice
+    (see :func:`measure_decode_per_group`). On a CPU it runs on
+    ``torch.get_num_threads()`` threads, and the figure's title says how many.
     """
+
+    _SETTINGS = ("preset", "G", "context", "batch_size", "dtype")
 
     def __init__(self, preset: str = "Llama 2 7B", G: int | None = None, context: int = 2048,
                  batch_size: int = 1, dtype: str = "float32", device: str | torch.device | None = None):
-        self.device = pick_device(device)
+        self.device = _device(device)
         self._timings: dict[tuple, dict[int, float]] = {}
         self._controls = None
-        self.preset, self.G, self.context, self.batch_size, self.dtype = preset, G, context, batch_size, dtype
+        self._syncing = False
+        self.preset, self.G, self.context, self.batch_size, self.dtype = None, None, None, None, None
         self.kv_figure = None
         self.time_figure = None
         self.message = ""
-        self.set()
+        self.set(preset=preset, G=G, context=context, batch_size=batch_size, dtype=dtype)
 
-    def set(self, **changes) -> None:
-        """Change any of preset, G, context, batch_size, dtype (ValueError naming a bad value), then update."""
-        unknown = set(changes) - {"preset", "G", "context", "batch_size", "dtype"}
+    def _validated(self, changes: dict) -> dict:
+        """The state after ``changes``, every value checked; ValueError naming the first bad one."""
+        unknown = set(changes) - set(self._SETTINGS)
         if unknown:
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}")
-        preset = changes.get("preset", self.preset)
-        if preset not in PRESETS:
-            raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(PRESETS)}")
-        p = PRESETS[preset]
-        g = changes.get("G", self.G if preset == self.preset or "G" in changes else None)
-        g = p.n_kv_heads if g is None else g
-        if g not in divisors(p.n_heads):
-            raise ValueError(f"G must divide {p.name}'s n_heads={p.n_heads}; got G={g}")
-        context = changes.get("context", self.context)
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {', '.join(self._SETTINGS)}")
+        name = changes.get("preset", self.preset)
+        p = _preset(name)
+        if not isinstance(name, str):  # a ModelPreset: only the book's presets have sliders
+            if PRESETS.get(p.name) != p:
+                raise ValueError(f"unknown model preset {p.name!r}; known: {', '.join(PRESETS)}")
+            name = p.name
+        # G follows the model: kept while the model stays, reset to the model's own when it changes
+        g = changes.get("G", self.G if name == self.preset else None)
+        g = p.n_kv_heads if g is None else as_count("G", g)
+        if p.n_heads % g:
+            raise ValueError(
+                f"G must divide {p.name}'s n_heads H={p.n_heads}; got G={g} (valid: {divisors(p.n_heads)})"
+            )
+        context = as_count("context", changes.get("context", self.context))
         if context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}; got {context}")
-        batch_size = changes.get("batch_size", self.batch_size)
+        batch_size = as_count("batch_size", changes.get("batch_size", self.batch_size))
         if batch_size not in BATCHES:
             raise ValueError(f"batch_size must be one of {BATCHES}; got {batch_size}")
-        dtype = changes.get("dtype", self.dtype)
-        parse_dtype(dtype)
-        self.preset, self.G, self.context, self.batch_size, self.dtype = preset, g, context, batch_size, dtype
+        dtype = _dtype_name(changes.get("dtype", self.dtype))
+        return {"preset": name, "G": g, "context": context, "batch_size": batch_size, "dtype": dtype}
+
+    def set(self, **changes) -> None:
+        """Change any of preset, G, context, batch_size, dtype, then update.
+
+        Every value is checked before anything changes: a bad one raises a
+        ValueError naming it and leaves the whole state as it was. Sizes must
+        be true integers (``2048``, not ``2048.0`` or ``True``); G must divide
+        the preset's H. Changing the preset without giving G resets G to that
+        model's own number of KV heads.
+        """
+        state = self._validated(changes)
+        for name, value in state.items():
+            setattr(self, name, value)
         self.update()
 
     @property
     def shape(self) -> ModelPreset:
         return PRESETS[self.preset]
 
-    def timings(self) -> dict[int, float]:
+    def timings(self, num_threads: int | None = None) -> dict[int, float]:
         """Measured ms per G for the current settings (cached); raises SizeRefused when refused."""
         p = self.shape
-        key = (p.n_heads, p.head_dim, self.batch_size, self.context, self.dtype)
+        threads = timing_threads(num_threads)
+        key = (p.n_heads, p.head_dim, self.batch_size, self.context, self.dtype, threads)
         if key not in self._timings:
-            self._timings[key] = measure_decode_per_group(p, self.batch_size, self.context, self.dtype, self.device)
+            self._timings[key] = measure_decode_per_group(
+                p, self.batch_size, self.context, self.dtype, self.device, num_threads=threads
+            )
         return self._timings[key]
 
     def update(self) -> None:
         """Recompute both figures and the message for the current settings; redraw live widgets if shown."""
         p, g = self.shape, self.G
-        elem = torch.tensor([], dtype=parse_dtype(self.dtype)).element_size()
+        elem = _element_size(parse_dtype(self.dtype))
         self.kv_figure = kv_by_group_figure(p, divisors(p.n_heads), self.context, self.batch_size, elem, picked=g)
+        threads = timing_threads()
         try:
-            ms = self.timings()
+            ms = self.timings(threads)
         except SizeRefused as refused:
             self.time_figure = None
             self.message = f"Timing refused: {refused}"
         else:
             self.time_figure = time_by_group_figure(
-                ms, p.n_heads, device_name(self.device), picked=g, what=f"1-layer decode ({p.name} shape)"
+                ms, p.n_heads, device_name(self.device, threads), picked=g,
+                what=f"1-layer decode ({p.name} shape)",
             )
             self.message = (
                 f"G={g} of H={p.n_heads}: KV cache {g / p.n_heads:.3g} of MHA's; measured decode step "
@@ -190,33 +365,41 @@ class DecodeExplorer:
                                                   style=style, layout=layout),
             "dtype": widgets.Dropdown(options=DTYPES, value=self.dtype, description="dtype", style=style, layout=layout),
         }
-        status, kv_out, time_out = widgets.HTML(), widgets.Output(), widgets.Output()
-        panel = widgets.VBox([
-            widgets.HTML(f"<b>Decode explorer</b>: timings measured live on <code>{device_name(self.device)}</code>"),
-            *c.values(), status, widgets.HBox([kv_out, time_out]),
-        ])
-        self._controls = {**c, "status": status, "kv_out": kv_out, "time_out": time_out, "panel": panel}
+        header, status, kv_out, time_out = widgets.HTML(), widgets.HTML(), widgets.Output(), widgets.Output()
+        panel = widgets.VBox([header, *c.values(), status, widgets.HBox([kv_out, time_out])])
+        self._controls = {**c, "header": header, "status": status, "kv_out": kv_out, "time_out": time_out,
+                          "panel": panel}
 
         def on_change(change, name):
-            if self._syncing:
-                return
-            self.set(**{name: change["new"]})
-            if name == "preset":  # the G slider's options follow the model's H
-                self._syncing = True
-                c["G"].options = divisors(self.shape.n_heads)
-                c["G"].value = self.G
-                self._syncing = False
+            if not self._syncing:
+                self.set(**{name: change["new"]})  # redraws, and the G slider's options follow the model's H
 
-        self._syncing = False
         for name, w in c.items():
             w.observe(lambda change, name=name: on_change(change, name), names="value")
         self._redraw()
         return panel
 
+    def _sync_controls(self) -> None:
+        """Make the sliders show the state (after :meth:`set` from code, or a preset change)."""
+        c = self._controls
+        self._syncing = True
+        try:
+            c["preset"].value = self.preset
+            options = tuple(divisors(self.shape.n_heads))
+            if tuple(c["G"].options) != options:
+                c["G"].options = options
+            for name in ("G", "context", "batch_size", "dtype"):
+                c[name].value = getattr(self, name)
+        finally:
+            self._syncing = False
+
     def _redraw(self) -> None:
         from IPython.display import clear_output
 
         c = self._controls
+        self._sync_controls()
+        where = device_name(self.device, timing_threads())
+        c["header"].value = f"<b>Decode explorer</b>: timings measured live on <code>{where}</code>"
         c["status"].value = f"<span>{self.message}</span>"
         with c["kv_out"]:
             clear_output(wait=True)

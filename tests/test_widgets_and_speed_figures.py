@@ -1,14 +1,61 @@
 """The decode explorer, the speed figures and the sweep/model benchmarks (structure, never speed)."""
 
+import dataclasses
 import json
+import weakref
 
+import numpy as np
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from gqa_lib import PRESETS, bench, kv_cache_bytes
+from gqa_lib.kv_cache import KVCache
 from gqa_lib.speed_figures import decode_sweep_figure, kv_by_group_figure, relative_speed_figure, time_by_group_figure
 from gqa_lib.widgets import DecodeExplorer, SizeRefused, measure_decode_per_group
 
 SMALL = PRESETS["Mistral 7B"]
+# Mistral's H=32 and G=8 with a tiny head dim: real divisibility rules, kilobytes of K/V.
+TINY = dataclasses.replace(SMALL, name="tiny", head_dim=8)
+
+
+def _fake_measure(calls=None):
+    """A stand-in for measure_decode_per_group: G ms per G, recording (preset, batch, context, dtype, threads)."""
+    def fake(preset, batch_size, context, dtype, device, num_threads=None, **_):
+        if calls is not None:
+            calls.append((preset.name, batch_size, context, dtype, num_threads))
+        return {g: float(g) for g in bench.divisors(preset.n_heads)}
+    return fake
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage alive at once among the tensors created while active (CPU, op granularity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.now, self.peak = {}, 0, 0
+
+    def _release(self, ptr):
+        entry = self.live[ptr]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.now -= entry[0]
+            del self.live[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
+                storage = t.untyped_storage()
+                ptr = storage.data_ptr()
+                if ptr not in self.live:
+                    self.live[ptr] = [storage.nbytes(), 0]
+                    self.now += storage.nbytes()
+                    self.peak = max(self.peak, self.now)
+                self.live[ptr][1] += 1
+                weakref.finalize(t, self._release, ptr)
+        return out
 
 
 def test_kv_by_group_figure_values_and_highlight():
@@ -71,12 +118,7 @@ def test_measure_decode_per_group_covers_divisors_and_refuses_huge_sizes():
 
 def test_explorer_sliders_drive_the_state(monkeypatch):
     calls = []
-
-    def fake_measure(preset, batch_size, context, dtype, device):
-        calls.append((preset.name, batch_size, context, dtype))
-        return {g: float(g) for g in bench.divisors(preset.n_heads)}
-
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", fake_measure)
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
     ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
     assert "G=8 of H=32" in ex.message and "4.00x faster than MHA" in ex.message
     panel = ex.widget()
@@ -89,6 +131,8 @@ def test_explorer_sliders_drive_the_state(monkeypatch):
     assert ex.G == 8 and tuple(controls["G"].options) == (1, 2, 4, 8, 16, 32, 64)
     assert list(ex.kv_figure.data[0].x)[-1] == "64 (MHA)"
     assert panel is ex.widget()
+    ex.set(context=512, batch_size=2)  # set from code: the sliders follow
+    assert (controls["context"].value, controls["batch_size"].value) == (512, 2)
 
 
 def test_explorer_shows_refusal_in_the_widget_not_an_exception():
@@ -102,14 +146,188 @@ def test_explorer_shows_refusal_in_the_widget_not_an_exception():
     (dict(preset="GPT-9"), "GPT-9"), (dict(dtype="int8"), "int8"), (dict(colour=1), "colour"),
 ])
 def test_explorer_rejects_bad_settings(monkeypatch, bad, match):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", lambda p, *a: {g: 1.0 for g in bench.divisors(p.n_heads)})
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
     ex = DecodeExplorer()
     with pytest.raises(ValueError, match=match):
         ex.set(**bad)
 
 
+def _state(ex):
+    return (ex.preset, ex.G, ex.context, ex.batch_size, ex.dtype, ex.message)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(context=2048.0), dict(context=True), dict(context=-2048), dict(context="2048"),
+    dict(batch_size=True), dict(batch_size=1.0), dict(batch_size=0),
+    dict(G=True), dict(G=8.0), dict(G="8"), dict(G=-4),
+])
+def test_explorer_refuses_non_integer_sizes_and_keeps_the_state(monkeypatch, bad):
+    calls = []
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    ex = DecodeExplorer(preset="Mistral 7B", G=4, context=1024, batch_size=2, dtype="bfloat16")
+    before, n_calls = _state(ex), len(calls)
+    (field, value), = bad.items()
+    with pytest.raises(ValueError, match=rf"{field}\b.*{value!r}".replace("(", r"\(")):
+        ex.set(**bad)
+    with pytest.raises(ValueError, match=field):  # a good change alongside is not applied either
+        ex.set(dtype="float32", **bad)
+    assert _state(ex) == before and len(calls) == n_calls  # nothing the reader set is lost, nothing re-timed
+    ex.set(context=2048)  # and later calls still work
+    assert ex.context == 2048 and ex.G == 4 and calls[-1][1:4] == (2, 2048, "bfloat16")
+
+
+def test_explorer_G_must_divide_H_and_numpy_integers_are_sizes(monkeypatch):
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    ex = DecodeExplorer(preset="Mistral 7B")
+    for g in (3, 64):
+        with pytest.raises(ValueError, match=rf"H=32.*G={g}"):
+            ex.set(G=g)
+    assert ex.G == 8
+    ex.set(G=np.int64(16), context=np.int32(512), batch_size=np.int64(4))
+    assert (ex.G, ex.context, ex.batch_size) == (16, 512, 4)
+    assert all(type(v) is int for v in (ex.G, ex.context, ex.batch_size))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(preset=["Mistral 7B"]), r"\['Mistral 7B'\]"), (dict(preset=None), "None"),
+    (dict(dtype=["float32"]), r"\['float32'\]"), (dict(dtype=torch.int8), "torch.int8"), (dict(dtype=None), "None"),
+    (dict(device="tpu"), "tpu"), (dict(device="meta"), "meta"),
+])
+def test_explorer_constructor_names_bad_values(monkeypatch, bad, match):
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    with pytest.raises(ValueError, match=match):
+        DecodeExplorer(**bad)
+
+
+def test_explorer_accepts_a_torch_dtype_and_a_preset_object(monkeypatch):
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    ex = DecodeExplorer(dtype=torch.bfloat16)
+    assert ex.dtype == "bfloat16"  # the name the dtype dropdown shows
+    ex.set(preset=PRESETS["Llama 2 70B"])
+    assert ex.preset == "Llama 2 70B" and ex.G == 8
+    with pytest.raises(ValueError, match="tiny"):
+        ex.set(preset=TINY)  # not one of the book's presets: no slider position for it
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(groups=[64]), r"G=64.*H=32"), (dict(groups=[3]), r"G=3.*H=32"), (dict(groups=[True]), "G.*bool"),
+    (dict(groups=[2.0]), r"G.*2\.0"), (dict(groups=[0]), r"G.*0"), (dict(groups=[]), "groups"),
+    (dict(groups=8), "groups.*8"),
+    (dict(preset="GPT-9"), "GPT-9"), (dict(preset=42), "42"), (dict(dtype="int8"), "int8"),
+    (dict(dtype=torch.int8), "torch.int8"), (dict(dtype=["x"]), r"\['x'\]"),
+    (dict(batch_size=-1), "batch_size.*-1"), (dict(batch_size=True), "batch_size.*True"),
+    (dict(context=0), "context.*0"), (dict(context=2.5), r"context.*2\.5"),
+    (dict(repeats=0), "repeats.*0"), (dict(max_bytes=-5), "max_bytes.*-5"),
+    (dict(spare_positions=-1), "spare_positions.*-1"), (dict(num_threads=0), "num_threads.*0"),
+    (dict(device="tpu"), "tpu"),
+])
+def test_measure_names_bad_arguments(kwargs, match):
+    args = dict(preset=TINY, batch_size=1, context=16, repeats=1) | kwargs
+    with pytest.raises(ValueError, match=match):
+        measure_decode_per_group(**args)
+
+
+def test_measure_labels_each_G_with_its_own_head_count(monkeypatch):
+    import gqa_lib.widgets as widgets
+
+    seen = []
+
+    def attention(q, k, v, causal):
+        seen.append(k.shape[1])
+        return widgets_attention(q, k, v, causal=causal)
+
+    widgets_attention = widgets.grouped_attention
+    monkeypatch.setattr("gqa_lib.widgets.grouped_attention", attention)
+    ms = measure_decode_per_group(TINY, batch_size=1, context=16, groups=[1, 32, 4], repeats=1)
+    assert list(ms) == [1, 32, 4] and sorted(set(seen)) == [1, 4, 32]
+
+
+def test_measure_reads_a_strided_slice_of_a_longer_cache(monkeypatch):
+    """As in generate(): K/V are the first `context` positions of a cache allocated for 64 more."""
+    import gqa_lib.widgets as widgets
+
+    real, seen = widgets.grouped_attention, {}
+
+    def attention(q, k, v, causal):
+        seen[k.shape[1]] = (tuple(k.shape), k.stride(), k.untyped_storage().nbytes(), k.is_contiguous())
+        return real(q, k, v, causal=causal)
+
+    monkeypatch.setattr("gqa_lib.widgets.grouped_attention", attention)
+    B, H, T, D = 2, TINY.n_heads, 24, TINY.head_dim
+    measure_decode_per_group(TINY, batch_size=B, context=T, groups=[1, 8, 32], repeats=1, device="cpu")
+    max_len = T + 64
+    assert sorted(seen) == [1, 8, 32]
+    for g, (shape, stride, storage_bytes, contiguous) in seen.items():
+        generate_cache = KVCache(1, B, g, max_len, D)  # what generate() allocates for G heads
+        k_read = generate_cache.update(0, torch.zeros(B, g, T, D), torch.zeros(B, g, T, D))[0]
+        assert shape == tuple(k_read.shape) == (B, g, T, D)
+        assert stride == k_read.stride() and not contiguous  # positions past `context` are skipped
+        assert storage_bytes == B * H * max_len * D * 4  # one MHA-sized cache of context + 64 positions
+    seen.clear()
+    measure_decode_per_group(TINY, batch_size=B, context=T, groups=[32], repeats=1, device="cpu", spare_positions=0)
+    assert seen[32][3]  # no spare positions: the whole cache, contiguous
+
+
+def test_measure_times_on_the_readers_threads_and_labels_them(monkeypatch):
+    from gqa_lib.timing import Timing
+
+    threads = []
+
+    def fake_quick_time(fn, repeats=3, num_threads=None):
+        fn()
+        threads.append(num_threads)
+        return Timing(median_s=1e-3, iqr_s=0.0, runs=repeats)
+
+    monkeypatch.setattr("gqa_lib.widgets.quick_time", fake_quick_time)
+    measure_decode_per_group(TINY, batch_size=1, context=16, groups=[1, 32], repeats=1, device="cpu")
+    assert threads == [torch.get_num_threads()] * 2  # passed explicitly, never the Timer's default of one
+    threads.clear()
+    measure_decode_per_group(TINY, batch_size=1, context=16, groups=[8], repeats=1, device="cpu", num_threads=1)
+    assert threads == [1]
+
+    calls = []
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    monkeypatch.setattr("gqa_lib.widgets.timing_threads", lambda n=None: 3 if n is None else n)
+    ex = DecodeExplorer(preset="Mistral 7B", device="cpu")
+    assert calls[-1][-1] == 3 and "3 threads" in ex.time_figure.layout.title.text
+    monkeypatch.setattr("gqa_lib.widgets.timing_threads", lambda n=None: 5 if n is None else n)
+    ex.set(G=4)  # the reader changed torch's thread count: re-timed on 5 threads and labelled so
+    assert calls[-1][-1] == 5 and "5 threads" in ex.time_figure.layout.title.text
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("impl", ["grouped_attention", "grouped_matmul_attention"])
+def test_memory_guard_counts_what_is_allocated_at_once(monkeypatch, dtype, impl):
+    """K/V are built in the target dtype (no fp32 copy first): the measured peak stays within the guard's estimate."""
+    from gqa_lib import attention
+    from gqa_lib.widgets import _decode_inputs, _memory_needed, _memory_parts
+
+    torch_dtype = getattr(torch, dtype)
+    elem = torch.tensor([], dtype=torch_dtype).element_size()
+    B, T = 2, 64
+    parts = _memory_parts(TINY, B, T, elem)
+    assert _memory_needed(TINY, B, T, elem) == sum(parts.values())
+    q, k, v = _decode_inputs(TINY, B, T, torch_dtype, torch.device("cpu"))
+    assert k.dtype == v.dtype == q.dtype == torch_dtype
+    assert k.nbytes + v.nbytes == parts["k_v"] and q.nbytes <= parts["q"]
+    del q, k, v
+
+    monkeypatch.setattr("gqa_lib.widgets.grouped_attention", getattr(attention, impl))
+    with LiveTensorBytes() as tracker:
+        measure_decode_per_group(TINY, B, T, dtype, "cpu", groups=[1, 8, 32], repeats=1)
+    assert parts["k_v"] <= tracker.peak <= sum(parts.values())
+    if torch.cuda.is_available():  # the same bound on the CUDA allocator's own peak
+        measure_decode_per_group(TINY, B, T, dtype, "cuda", groups=[1, 8, 32], repeats=1)  # cuBLAS workspaces etc.
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        measure_decode_per_group(TINY, B, T, dtype, "cuda", groups=[1, 8, 32], repeats=1)
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - start <= sum(parts.values()) + 2**20  # + 512-byte rounding, lse
+
+
 def test_static_display_shows_snapshot(monkeypatch, capsys):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", lambda p, *a: {g: 1.0 for g in bench.divisors(p.n_heads)})
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
     monkeypatch.setenv("GQA_BOOK_STATIC", "1")
     shown = []
     monkeypatch.setattr("gqa_lib.widgets.show", lambda fig: shown.append(fig))
@@ -134,7 +352,8 @@ def test_decode_step_model_equals_generate_step():
 
     from gqa_lib import TransformerConfig
 
-    cfg = TransformerConfig(vocab_size=16, max_seq_len=9, d_model=16, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=32)
+    # room for the prompt of 8 and decode_step_model's cache of 64 more positions (as generate() allocates)
+    cfg = TransformerConfig(vocab_size=16, max_seq_len=8 + 64, d_model=16, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=32)
     model, cache, step = bench.decode_step_model(cfg, 2, 8, torch.float32, torch.device("cpu"))
     first, second = step(), step()
     assert cache.seq_len == 9 and torch.equal(first, second)  # rewound each time
