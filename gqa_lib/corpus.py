@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .checks import as_count, as_non_negative_float
+
 __all__ = ["CorpusConfig", "ToyCorpus", "make_corpus", "recall_accuracy", "BOS", "SEP", "SUCCESSOR_PROBS"]
 
 BOS = 0
@@ -67,9 +69,11 @@ class CorpusConfig:
     n_heldout: int = 512  # held-out sequences
 
     def __post_init__(self) -> None:
-        for name in ("seq_len", "n_keys", "n_values", "n_pairs", "n_words", "n_train", "n_heldout"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        """Check every field (ValueError naming it) and store plain ``int``/``float`` values."""
+        sizes = ("seq_len", "n_keys", "n_values", "n_pairs", "min_pairs", "n_words", "successors", "n_train", "n_heldout")
+        for name in sizes:  # frozen: store plain ints (a numpy int would not go into JSON)
+            object.__setattr__(self, name, as_count(name, getattr(self, name)))
+        object.__setattr__(self, "recall_fraction", as_non_negative_float("recall_fraction", self.recall_fraction))
         if not 1 <= self.min_pairs <= self.n_pairs:
             raise ValueError(f"min_pairs={self.min_pairs} must be between 1 and n_pairs={self.n_pairs}")
         if self.n_pairs > self.n_keys:
@@ -152,14 +156,26 @@ class ToyCorpus:
 
     def sample_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """A (batch_size, seq_len) batch of training sequences drawn uniformly with ``generator``."""
+        batch_size = as_count("batch_size", batch_size)
         rows = torch.randint(0, self.train.shape[0], (batch_size,), generator=generator)
         return self.train[rows]
 
     def describe(self, tokens: torch.Tensor) -> str:
-        """A readable rendering of one sequence: ``<bos>``, ``|`` (SEP), ``w12`` words, ``k3`` keys, ``v5`` values, ``k3=v5`` entries."""
+        """A readable rendering of one sequence: ``<bos>``, ``|`` (SEP), ``w12`` words, ``k3`` keys, ``v5`` values, ``k3=v5`` entries.
+
+        ``tokens``: (T,) token ids (a tensor, array or list of ints in ``0 .. vocab_size - 1``).
+        """
         c = self.config
+        try:
+            ids = torch.as_tensor(tokens)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"tokens must be a 1-D sequence of token ids; got {type(tokens).__name__}") from None
+        if ids.dim() != 1 or ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise ValueError(f"tokens must be a 1-D sequence of integer token ids; got shape {tuple(ids.shape)}, dtype {ids.dtype}")
         out = []
-        for t in tokens.tolist():
+        for t in ids.tolist():
+            if not 0 <= t < c.vocab_size:
+                raise ValueError(f"tokens holds the id {t}; valid ids are 0 .. {c.vocab_size - 1}")
             if t == BOS:
                 out.append("<bos>")
             elif t == SEP:
@@ -253,15 +269,18 @@ def make_corpus(seed: int = 0, config: CorpusConfig | None = None) -> ToyCorpus:
     The word-transition table comes from stream 0 of the seed, the training
     split from stream 1 and the held-out split from stream 2
     (``numpy.random.default_rng([seed, stream])``), so the held-out
-    sequences are fresh draws that the model never trains on.
+    sequences are fresh draws that the model never trains on. ``seed`` is an
+    integer >= 0; ``config`` a :class:`CorpusConfig` (None: the default one).
     """
-    config = config or CorpusConfig()
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if config is None:
+        config = CorpusConfig()
+    elif not isinstance(config, CorpusConfig):
+        raise ValueError(f"config must be a CorpusConfig or None; got {type(config).__name__}")
+    seed = as_count("seed", seed, minimum=0)
     table = _transition_table(config, np.random.default_rng([seed, 0]))
     train = _make_split(config.n_train, config, table, np.random.default_rng([seed, _SPLIT_STREAM["train"]]))
     heldout = _make_split(config.n_heldout, config, table, np.random.default_rng([seed, _SPLIT_STREAM["heldout"]]))
-    return ToyCorpus(config, int(seed), *train, *heldout)
+    return ToyCorpus(config, seed, *train, *heldout)
 
 
 def recall_accuracy(logits: torch.Tensor, tokens: torch.Tensor, recall_mask: torch.Tensor) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .checks import as_count, as_non_negative_float, as_positive_float
 from .corpus import ToyCorpus, recall_accuracy
 from .model import TransformerConfig, TransformerLM
 from .progress import progress as progress_bar
@@ -55,24 +56,39 @@ class TrainRecipe:
     grad_clip: float = 1.0  # clip the global gradient norm to this
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "warmup_steps", "pretrain_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.peak_lr <= 0:
-            raise ValueError(f"peak_lr must be > 0; got {self.peak_lr}")
+        """Check every field (ValueError naming it) and store plain ``int``/``float`` values."""
+        checked = {name: as_count(name, getattr(self, name)) for name in ("batch_size", "warmup_steps", "pretrain_steps")}
+        checked["peak_lr"] = as_positive_float("peak_lr", self.peak_lr)
+        checked["grad_clip"] = as_positive_float("grad_clip", self.grad_clip)
+        checked["weight_decay"] = as_non_negative_float("weight_decay", self.weight_decay)
+        checked["betas"] = _as_betas(self.betas)
+        for name, value in checked.items():  # frozen: plain values (a numpy int would not go into JSON)
+            object.__setattr__(self, name, value)
+
+
+def _as_betas(betas) -> tuple[float, float]:
+    """AdamW's ``betas`` as a pair of floats in [0, 1); ValueError naming ``betas`` otherwise."""
+    try:
+        pair = tuple(betas)
+        if len(pair) == 2 and not any(isinstance(b, bool) for b in pair):
+            pair = (float(pair[0]), float(pair[1]))
+            if all(0 <= b < 1 for b in pair):  # False for NaN
+                return pair
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"betas must be a pair of numbers in [0, 1); got {betas!r}")
 
 
 def lr_at(step: int, recipe: TrainRecipe) -> float:
-    """Learning rate at global ``step`` (0-based): linear warm-up, then inverse square root."""
-    n = step + 1
+    """Learning rate at global ``step`` (0-based, an integer >= 0): linear warm-up, then inverse square root."""
+    n = as_count("step", step, minimum=0) + 1
     w = recipe.warmup_steps
     return recipe.peak_lr * min(n / w, math.sqrt(w / n))
 
 
 def alpha_to_steps(alpha: float, recipe: TrainRecipe) -> int:
-    """Uptraining steps for a fraction ``alpha`` of the pre-training steps (rounded)."""
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0; got {alpha}")
+    """Uptraining steps for a fraction ``alpha`` (finite, >= 0) of the pre-training steps (rounded)."""
+    alpha = as_non_negative_float("alpha", alpha)
     return int(round(alpha * recipe.pretrain_steps))
 
 
@@ -82,13 +98,15 @@ def evaluate(model: TransformerLM, corpus: ToyCorpus, split: str = "heldout", ba
 
     Returns ``loss`` (all predicted tokens), ``text_loss`` (tokens of text
     sequences), ``recall_loss`` (answer tokens only), ``recall_acc`` (fraction
-    of answers predicted exactly by argmax) and ``n_answers``.
+    of answers predicted exactly by argmax) and ``n_answers``. ``batch_size``
+    (sequences per forward pass, an integer >= 1) only trades memory for speed.
     """
+    batch_size = as_count("batch_size", batch_size)
     tokens, mask = corpus.split(split)
     is_recall = corpus.heldout_is_recall if split == "heldout" else corpus.train_is_recall
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = _device(model)
     total_loss = recall_loss = text_loss = 0.0
     n_tokens = n_text = n_correct = n_answers = 0
     for start in range(0, tokens.shape[0], batch_size):
@@ -113,6 +131,12 @@ def evaluate(model: TransformerLM, corpus: ToyCorpus, split: str = "heldout", ba
         "recall_acc": n_correct / max(n_answers, 1),
         "n_answers": n_answers,
     }
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 @dataclass
@@ -151,16 +175,19 @@ def train(
     ``first_step`` is the global step the schedule starts from (0 for
     pre-training, ``recipe.pretrain_steps`` for uptraining). ``eval_steps``
     count steps of this call (0 = before any update). Batches are drawn
-    with a ``torch.Generator`` seeded with ``data_seed``.
+    with a ``torch.Generator`` seeded with ``data_seed`` (an integer >= 0).
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0; got {steps}")
-    eval_steps = sorted(set(int(s) for s in eval_steps))
+    if not isinstance(recipe, TrainRecipe):
+        raise ValueError(f"recipe must be a TrainRecipe; got {type(recipe).__name__}")
+    steps = as_count("steps", steps, minimum=0)
+    first_step = as_count("first_step", first_step, minimum=0)
+    data_seed = as_count("data_seed", data_seed, minimum=0)
+    eval_steps = sorted(set(_as_step_list("eval_steps", eval_steps)))
     bad = [s for s in eval_steps if not 0 <= s <= steps]
     if bad:
         raise ValueError(f"eval_steps must lie in [0, steps={steps}]; got {bad}")
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(int(data_seed))
+    device = _device(model)
+    generator = torch.Generator().manual_seed(data_seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -195,6 +222,13 @@ def train(
     return result
 
 
+def _as_step_list(name: str, values) -> list[int]:
+    """``values`` (an iterable of integers >= 0) as a list of ints; ValueError naming ``name`` otherwise."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be an iterable of integers >= 0; got {values!r}")
+    return [as_count(f"{name} entry", v, minimum=0) for v in values]
+
+
 def pretrain(
     config: TransformerConfig,
     corpus: ToyCorpus,
@@ -204,10 +238,20 @@ def pretrain(
     eval_steps: Iterable[int] = (),
     progress: bool = True,
 ) -> tuple[TransformerLM, TrainResult]:
-    """Initialise a TransformerLM with ``torch.manual_seed(seed)`` and train it for ``recipe.pretrain_steps``."""
+    """Initialise a TransformerLM with ``torch.manual_seed(seed)`` and train it for ``recipe.pretrain_steps``.
+
+    ``seed`` (an integer >= 0) also seeds the batch order.
+    """
+    if not isinstance(config, TransformerConfig):
+        raise ValueError(f"config must be a TransformerConfig; got {type(config).__name__}")
+    if not isinstance(recipe, TrainRecipe):
+        raise ValueError(f"recipe must be a TrainRecipe; got {type(recipe).__name__}")
+    seed = as_count("seed", seed, minimum=0)
     if config.vocab_size < corpus.vocab_size:
         raise ValueError(f"model vocab_size={config.vocab_size} < corpus vocab_size={corpus.vocab_size}")
-    torch.manual_seed(int(seed))
+    if config.max_seq_len < corpus.config.seq_len:
+        raise ValueError(f"model max_seq_len={config.max_seq_len} < corpus seq_len={corpus.config.seq_len}")
+    torch.manual_seed(seed)
     model = TransformerLM(config)
     result = train(
         model,
@@ -238,13 +282,27 @@ def uptrain(
 
     The learning-rate schedule carries on from step ``recipe.pretrain_steps``.
     Held-out metrics are recorded at each of ``eval_alphas`` (default: 0 and
-    the end); each evaluation dict carries its ``alpha``.
+    the end); each evaluation dict carries its ``alpha``, ``step / pretrain_steps``
+    (the fraction actually trained; alphas that round to the same step share one evaluation).
     """
     if (alpha is None) == (steps is None):
-        raise ValueError("give exactly one of alpha and steps")
-    n_steps = alpha_to_steps(alpha, recipe) if steps is None else int(steps)
-    alphas = [0.0, n_steps / recipe.pretrain_steps] if eval_alphas is None else list(eval_alphas)
+        raise ValueError(f"give exactly one of alpha and steps; got alpha={alpha!r}, steps={steps!r}")
+    if not isinstance(recipe, TrainRecipe):
+        raise ValueError(f"recipe must be a TrainRecipe; got {type(recipe).__name__}")
+    n_steps = alpha_to_steps(alpha, recipe) if steps is None else as_count("steps", steps, minimum=0)
+    if eval_alphas is None:
+        alphas = [0.0, n_steps / recipe.pretrain_steps]
+    elif isinstance(eval_alphas, (str, bytes)) or not isinstance(eval_alphas, Iterable):
+        raise ValueError(f"eval_alphas must be an iterable of numbers >= 0; got {eval_alphas!r}")
+    else:
+        alphas = [as_non_negative_float("eval_alphas entry", a) for a in eval_alphas]
     eval_steps = [alpha_to_steps(a, recipe) for a in alphas]
+    late = [a for a, s in zip(alphas, eval_steps) if s > n_steps]
+    if late:
+        raise ValueError(
+            f"eval_alphas {late} lie beyond the {n_steps} uptraining steps "
+            f"(alpha <= {n_steps / recipe.pretrain_steps:g})"
+        )
     result = train(
         model,
         corpus,

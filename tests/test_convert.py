@@ -164,3 +164,60 @@ def test_gqa_checkpoint_can_be_pooled_further():
         torch.testing.assert_close(a.k_proj.weight, b.k_proj.weight, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="n_kv_heads=8"):
         convert_to_gqa(model, 8)
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), 2.0, True, "2", [2]])
+def test_n_kv_heads_that_is_not_an_integer_raises_naming_it(bad):
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        convert_to_gqa(random_mha(), bad)
+
+
+def test_numpy_integer_n_kv_heads_is_accepted():
+    import numpy as np
+
+    model = random_mha()
+    got = convert_to_gqa(model, np.int64(2))
+    assert got.config.n_kv_heads == 2 and type(got.config.n_kv_heads) is int
+
+
+@pytest.mark.parametrize("method", ["mean", "first", "random"])
+def test_frozen_model_stays_frozen_and_keeps_its_mode(method):
+    model = random_mha(bias=True)
+    model.requires_grad_(False)
+    new = convert_to_gqa(model, 2, method=method)
+    assert not any(p.requires_grad for p in new.parameters())
+    assert not any(m.training for m in new.modules())  # random_mha() is in eval mode; so are the new K/V layers
+
+
+def test_requires_grad_is_kept_parameter_by_parameter():
+    model = random_mha(bias=True)
+    first = attn_layers(model)[0]
+    first.k_proj.weight.requires_grad_(False)
+    first.v_proj.bias.requires_grad_(False)
+    model.tok_emb.weight.requires_grad_(False)
+    new = convert_to_gqa(model, 4)
+    expected = {name: p.requires_grad for name, p in model.named_parameters()}
+    assert {name: p.requires_grad for name, p in new.named_parameters()} == expected
+    assert not expected["blocks.0.attn.k_proj.weight"] and expected["blocks.0.attn.k_proj.bias"]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, None, True])
+def test_bad_seed_raises_naming_it(bad):
+    with pytest.raises(ValueError, match="seed"):
+        convert_to_gqa(random_mha(), 2, method="random", seed=bad)
+
+
+def test_not_a_model_raises_naming_it():
+    with pytest.raises(ValueError, match="model must be"):
+        convert_to_gqa(random_mha().state_dict(), 2)
+
+
+@pytest.mark.parametrize("n_heads, n_groups, match", [(0, 1, "n_heads"), (4, 0, "n_groups"), (4.0, 2, "n_heads"), (4, 3, "cannot pool")])
+def test_pool_heads_bad_counts_raise_naming_them(n_heads, n_groups, match):
+    with pytest.raises(ValueError, match=match):
+        pool_heads(torch.zeros(8, 2), n_heads, n_groups, "mean")
+
+
+def test_pool_heads_refuses_a_scalar_weight():
+    with pytest.raises(ValueError, match="weight"):
+        pool_heads(torch.tensor(1.0), 1, 1, "mean")

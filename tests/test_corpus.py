@@ -122,7 +122,7 @@ def test_recall_accuracy_scores_answer_positions_only():
     [
         (dict(n_pairs=40, n_keys=32), "n_pairs=40"),
         (dict(seq_len=26, n_pairs=24), "seq_len=26"),
-        (dict(min_pairs=0), "min_pairs=0"),
+        (dict(min_pairs=0), "min_pairs must be an integer >= 1; got 0"),
         (dict(min_pairs=30), "min_pairs=30"),
         (dict(successors=5), "successors"),
         (dict(recall_fraction=1.5), "recall_fraction"),
@@ -147,3 +147,50 @@ def test_describe_renders_tokens():
     entry = cfg.entry_offset + 7 * cfg.n_values + 2
     tokens = torch.tensor([BOS, entry, SEP, cfg.key_offset + 7, cfg.value_offset + 2, cfg.word_offset + 4])
     assert c.describe(tokens) == "<bos> k7=v2 | k7 v2 w4"
+
+
+SIZE_FIELDS = ["seq_len", "n_keys", "n_values", "n_pairs", "min_pairs", "n_words", "successors", "n_train", "n_heldout"]
+
+
+@pytest.mark.parametrize("bad", [2.0, True, None, "3"])
+@pytest.mark.parametrize("field", SIZE_FIELDS)
+def test_sizes_must_be_integers_naming_the_field(field, bad):
+    with pytest.raises(ValueError, match=field) as info:
+        CorpusConfig(**{field: bad})
+    assert repr(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None, -0.1, True])
+def test_recall_fraction_must_be_a_number_in_0_1(bad):
+    with pytest.raises(ValueError, match="recall_fraction"):
+        CorpusConfig(recall_fraction=bad)
+
+
+def test_numpy_sizes_are_accepted_and_stored_as_int():
+    cfg = CorpusConfig(**{**SMALL.__dict__, "n_train": np.int64(400), "seq_len": np.int32(40)})
+    assert type(cfg.n_train) is int and type(cfg.seq_len) is int and cfg == SMALL
+    assert torch.equal(make_corpus(np.int64(2), cfg).train, make_corpus(2, SMALL).train)
+
+
+@pytest.mark.parametrize("bad", [2.0, True, None, "0", float("nan")])
+def test_make_corpus_seed_must_be_an_integer(bad):
+    with pytest.raises(ValueError, match="seed"):
+        make_corpus(bad, SMALL)
+
+
+def test_make_corpus_config_must_be_a_corpus_config():
+    with pytest.raises(ValueError, match="config must be a CorpusConfig"):
+        make_corpus(0, {"seq_len": 40})
+
+
+def test_sample_batch_and_describe_refuse_bad_input():
+    c = make_corpus(0, SMALL)
+    g = torch.Generator().manual_seed(0)
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="batch_size"):
+            c.sample_batch(bad, g)
+    assert c.describe([BOS, SEP]) == "<bos> |"  # a list works like a tensor
+    with pytest.raises(ValueError, match=f"valid ids are 0 .. {SMALL.vocab_size - 1}"):
+        c.describe(torch.tensor([0, SMALL.vocab_size]))
+    with pytest.raises(ValueError, match="1-D"):
+        c.describe(c.heldout[:2])

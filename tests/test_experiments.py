@@ -8,18 +8,22 @@ import torch
 from gqa_lib import quality_figures
 from gqa_lib.convert import convert_to_gqa
 from gqa_lib.corpus import CorpusConfig
+from gqa_lib import experiments
 from gqa_lib.experiments import (
     DATA_DIR,
     ExperimentSetup,
+    checkpoint_name,
     find_run,
     grid_table,
     load_checkpoint,
     load_or_pretrain,
     load_or_run_grid,
     main,
+    run_point,
+    save_checkpoint,
     seed_stats,
 )
-from gqa_lib.model import TransformerConfig
+from gqa_lib.model import TransformerConfig, TransformerLM
 from gqa_lib.train import TrainRecipe, evaluate
 
 CORPUS = CorpusConfig(seq_len=16, n_keys=4, n_values=2, n_pairs=3, min_pairs=1, n_words=8, successors=2,
@@ -166,3 +170,147 @@ def test_results_ship_as_package_data_so_pip_install_brings_them():
     shipped = sorted(p.name for p in DATA_DIR.iterdir())
     assert shipped == ["grid.json"] + [f"pretrained_seed{s}.safetensors" for s in (0, 1, 2)]
     assert all(any(fnmatch.fnmatch(name, g) for g in globs) for name in shipped)
+
+
+def test_run_point_labels_each_alpha_as_asked_even_unsorted_or_on_the_same_step():
+    # pretrain_steps=20: alpha 0.1 and 0.12 both round to 2 steps; the order is the caller's, not sorted
+    setup = ExperimentSetup(**{**TINY.__dict__, "alphas": (0.2, 0.0, 0.12, 0.1)})
+    corpus = setup.make_corpus()
+    torch.manual_seed(0)
+    model = TransformerLM(setup.model)
+    evals = run_point(model, corpus, 2, "mean", seed=0, max_alpha=0.2, setup=setup, progress=False)
+    assert [e["alpha"] for e in evals] == [0.2, 0.0, 0.12, 0.1]
+    assert [e["step"] for e in evals] == [4, 0, 2, 2]
+    assert {k: v for k, v in evals[2].items() if k != "alpha"} == {k: v for k, v in evals[3].items() if k != "alpha"}
+    live = evaluate(convert_to_gqa(model, 2, "mean", seed=0), corpus)
+    assert evals[1]["loss"] == pytest.approx(live["loss"], abs=1e-4)  # alpha 0 is the converted model itself
+    assert evals[0]["loss"] != evals[1]["loss"]
+    # alphas above max_alpha are left out, the others keep their order
+    short = run_point(model, corpus, 2, "mean", seed=0, max_alpha=0.12, setup=setup, progress=False)
+    assert [e["alpha"] for e in short] == [0.0, 0.12, 0.1]
+    for bad in (float("nan"), -0.1, None):
+        with pytest.raises(ValueError, match="max_alpha"):
+            run_point(model, corpus, 2, "mean", seed=0, max_alpha=bad, setup=setup, progress=False)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"groups": (1, 3)}, "groups"),
+        ({"groups": (1, 1)}, "groups"),
+        ({"groups": (0,)}, "groups"),
+        ({"methods": ("median",)}, "methods"),
+        ({"alphas": ()}, "alphas"),
+        ({"alphas": (0.0, float("nan"))}, "alphas"),
+        ({"seeds": (0, 0)}, "seeds"),
+        ({"seeds": (1.0,)}, "seeds"),
+        ({"corpus_seed": -1}, "corpus_seed"),
+        ({"recipe": {"batch_size": 4}}, "recipe"),
+        ({"model": TransformerConfig(vocab_size=8, max_seq_len=16, d_model=8, n_heads=4, n_kv_heads=4)}, "vocab_size"),
+    ],
+)
+def test_experiment_setup_refuses_bad_fields_naming_them(change, match):
+    with pytest.raises(ValueError, match=match):
+        ExperimentSetup(**{**TINY.__dict__, **change})
+
+
+def test_experiment_setup_stores_tuples():
+    setup = ExperimentSetup(**{**TINY.__dict__, "seeds": [0, 1], "alphas": [0.0, 0.1, 0.2]})
+    assert setup.seeds == (0, 1) and setup.alphas == (0.0, 0.1, 0.2) and setup == TINY
+
+
+def test_load_checkpoint_of_a_foreign_or_broken_file_names_it(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))  # a safetensors file without gqa_lib's metadata
+    with pytest.raises(ValueError, match="foreign.safetensors.*'config'"):
+        load_checkpoint(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a safetensors file")
+    with pytest.raises(ValueError, match="junk.safetensors.*not a readable safetensors"):
+        load_checkpoint(junk)
+    wrong = tmp_path / "wrong.safetensors"
+    bigger = TransformerConfig(**{**TINY.model.__dict__, "d_model": 16})
+    save_file({"w": torch.zeros(2)}, str(wrong), metadata={"config": json.dumps(bigger.__dict__)})
+    with pytest.raises(ValueError, match="wrong.safetensors.*do not fit"):
+        load_checkpoint(wrong)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_save_checkpoint_refuses_metadata_json_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="metadata"):
+        save_checkpoint(TransformerLM(TINY.model), tmp_path / "x.safetensors", metadata={"t": torch.zeros(1)})
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_broken_grid_file_and_bad_lookups_raise_value_errors(tmp_path, grid):
+    _, results = grid
+    (tmp_path / "grid.json").write_text("{not json")
+    with pytest.raises(ValueError, match="grid.json"):
+        load_or_run_grid(TINY, data_dir=tmp_path, cache_dir=None, progress=False)
+    (tmp_path / "grid.json").write_text("[]")
+    with pytest.raises(ValueError, match="grid.json"):
+        load_or_run_grid(TINY, data_dir=tmp_path, cache_dir=None, progress=False)
+    with pytest.raises(ValueError, match="'accuracy'"):
+        seed_stats(results, 2, "mean", 0.1, metric="accuracy")
+    with pytest.raises(ValueError, match="seed"):
+        checkpoint_name(1.0)
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_cli_grid_into_an_empty_folder_saves_each_checkpoint_as_soon_as_it_is_trained(
+    tmp_path, capsys, monkeypatch, keep_threads
+):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "run_point", interrupted)  # interrupted after the first pre-training
+    with pytest.raises(KeyboardInterrupt):
+        main(["grid", "--out", str(tmp_path)], setup=TINY)
+    assert "pretrained_seed0.safetensors" in capsys.readouterr().out  # it said what it would pre-train
+    model, meta = load_checkpoint(tmp_path / checkpoint_name(0))  # the first one is not lost
+    assert model.config == TINY.model and meta["seed"] == 0
+    assert not (tmp_path / "grid.json").exists()
+
+
+def test_cli_grid_keeps_existing_checkpoints_and_matches_the_library(tmp_path, grid, keep_threads):
+    cache, results = grid
+    kept = (cache / checkpoint_name(0)).read_bytes()
+    (tmp_path / checkpoint_name(0)).write_bytes(kept)
+    main(["grid", "--out", str(tmp_path)], setup=TINY)
+    assert (tmp_path / checkpoint_name(0)).read_bytes() == kept  # not re-trained, not rewritten
+    assert load_checkpoint(tmp_path / checkpoint_name(1))[1]["seed"] == 1  # the missing one was saved
+    written = json.loads((tmp_path / "grid.json").read_text())
+    for a, b in zip(written["runs"], results["runs"], strict=True):
+        assert (a["G"], a["method"], a["seed"]) == (b["G"], b["method"], b["seed"])
+        assert [e["loss"] for e in a["evals"]] == pytest.approx([e["loss"] for e in b["evals"]], abs=1e-4)
+
+
+def test_cli_out_naming_a_file_is_a_usage_error(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as info:
+        main(["grid", "--out", str(target)], setup=TINY)
+    assert info.value.code == 2
+    assert f"{target} is a file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "x"
+
+
+def test_cli_grid_refuses_a_foreign_checkpoint_before_training(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / checkpoint_name(0)))
+    with pytest.raises(SystemExit) as info:
+        main(["grid", "--out", str(tmp_path)], setup=TINY)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert checkpoint_name(0) in err and "'config'" in err
+    assert not (tmp_path / checkpoint_name(1)).exists()  # nothing was pre-trained

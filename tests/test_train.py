@@ -104,3 +104,72 @@ def test_checkpoint_round_trip_through_safetensors(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert path.read_bytes()[:8] != b"PK\x03\x04"  # not a zip/pickle file
+
+
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("grad_clip", -1.0), ("grad_clip", 0.0), ("grad_clip", float("nan")), ("grad_clip", float("inf")),
+        ("peak_lr", -1e-3), ("peak_lr", float("nan")), ("peak_lr", float("inf")), ("peak_lr", None),
+        ("weight_decay", -0.1), ("weight_decay", float("nan")),
+        ("batch_size", 0), ("batch_size", 8.0), ("batch_size", True),
+        ("warmup_steps", 0), ("warmup_steps", 2.5),
+        ("pretrain_steps", -5), ("pretrain_steps", None),
+        ("betas", (0.9,)), ("betas", (0.9, 1.0)), ("betas", (float("nan"), 0.9)), ("betas", None),
+    ],
+)
+def test_recipe_refuses_bad_numbers_naming_the_field(field, bad):
+    with pytest.raises(ValueError, match=field.split("[")[0]) as info:
+        TrainRecipe(**{field: bad})
+    assert str(bad) in str(info.value) or repr(bad) in str(info.value)
+
+
+def test_recipe_stores_plain_numbers_and_stays_equal():
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+
+    r = TrainRecipe(batch_size=np.int64(8), pretrain_steps=np.int32(40), peak_lr=np.float32(0.5), betas=[0.9, 0.98])
+    assert type(r.batch_size) is int and type(r.pretrain_steps) is int and type(r.peak_lr) is float
+    assert r.betas == (0.9, 0.98)
+    json.dumps(asdict(r))  # numpy numbers would not serialise
+    assert TrainRecipe() == TrainRecipe(batch_size=32, peak_lr=5e-3, warmup_steps=200, pretrain_steps=6000)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, None])
+def test_evaluate_bad_batch_size_raises_naming_it(bad):
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(TransformerLM(MODEL), CORPUS, batch_size=bad)
+
+
+def test_lr_at_and_alpha_to_steps_refuse_bad_numbers():
+    with pytest.raises(ValueError, match="step"):
+        lr_at(-1, RECIPE)  # used to divide by zero
+    for bad in (float("nan"), float("inf"), None):
+        with pytest.raises(ValueError, match="alpha"):
+            alpha_to_steps(bad, RECIPE)
+
+
+def test_train_pretrain_and_uptrain_refuse_bad_arguments_naming_them():
+    model = TransformerLM(MODEL)
+    with pytest.raises(ValueError, match="steps"):
+        train(model, CORPUS, 2.5, RECIPE, data_seed=0, progress=False)
+    with pytest.raises(ValueError, match="data_seed"):
+        train(model, CORPUS, 2, RECIPE, data_seed=None, progress=False)
+    with pytest.raises(ValueError, match="eval_steps"):
+        train(model, CORPUS, 2, RECIPE, data_seed=0, eval_steps=[1.5], progress=False)
+    with pytest.raises(ValueError, match="eval_steps"):
+        train(model, CORPUS, 2, RECIPE, data_seed=0, eval_steps=2, progress=False)
+    with pytest.raises(ValueError, match="recipe"):
+        train(model, CORPUS, 2, {"batch_size": 8}, data_seed=0, progress=False)
+    with pytest.raises(ValueError, match="seed"):
+        pretrain(MODEL, CORPUS, RECIPE, seed=1.5, progress=False)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        pretrain(TransformerConfig(vocab_size=MODEL.vocab_size, max_seq_len=8), CORPUS, RECIPE, seed=0, progress=False)
+    with pytest.raises(ValueError, match="eval_alphas"):
+        uptrain(model, CORPUS, RECIPE, alpha=0.1, data_seed=0, eval_alphas=[0.0, 0.5], progress=False)
+    with pytest.raises(ValueError, match="eval_alphas"):
+        uptrain(model, CORPUS, RECIPE, alpha=0.1, data_seed=0, eval_alphas=[float("nan")], progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        uptrain(model, CORPUS, RECIPE, steps=-1, data_seed=0, progress=False)
