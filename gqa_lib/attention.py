@@ -248,7 +248,7 @@ class GroupedQueryAttention(nn.Module):
         d_model, n_heads, n_kv_heads = check_head_counts(d_model, n_heads, n_kv_heads)
         if not isinstance(bias, bool):
             raise ValueError(f"bias must be True or False; got {bias!r}")
-        if impl not in ATTENTION_IMPLEMENTATIONS:
+        if not isinstance(impl, str) or impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}; got {impl!r}")
         self.d_model = d_model
         self.n_heads = n_heads

@@ -18,7 +18,7 @@ def as_count(name: str, value, minimum: int = 1) -> int:
 
     Accepts ``int`` and numpy integers; refuses ``bool``, floats, strings and None.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"):
         raise ValueError(f"{name} must be an integer >= {minimum}; got the bool {value!r}")
     try:
         number = operator.index(value)

@@ -35,7 +35,7 @@ class TransformerConfig:
         self.d_model, self.n_heads, self.n_kv_heads = check_head_counts(self.d_model, self.n_heads, self.n_kv_heads)
         if not isinstance(self.bias, bool):
             raise ValueError(f"bias must be True or False; got {self.bias!r}")
-        if self.attn_impl not in ATTENTION_IMPLEMENTATIONS:
+        if not isinstance(self.attn_impl, str) or self.attn_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attn_impl must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}; got {self.attn_impl!r}")
 
     @property
@@ -136,15 +136,17 @@ class TransformerLM(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} positions exceeds max_seq_len={self.config.max_seq_len}"
             )
+        if cache is None:
+            return self._forward(idx, None, start, last_only)
+        with cache.rollback_on_error():  # the whole pass, output head included
+            return self._forward(idx, cache, start, last_only)
+
+    def _forward(self, idx: torch.Tensor, cache: KVCache | None, start: int, last_only: bool) -> torch.Tensor:
+        T = idx.shape[1]
         positions = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.tok_emb(idx) + self.pos_emb(positions)  # (B, T, d_model)
-        if cache is None:
-            for layer, block in enumerate(self.blocks):
-                x = block(x, None, layer)
-        else:
-            with cache.rollback_on_error():
-                for layer, block in enumerate(self.blocks):
-                    x = block(x, cache, layer)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
         if last_only:
             x = x[:, -1:]  # (B, 1, d_model)
         return F.linear(self.final_norm(x), self.tok_emb.weight)  # (B, T or 1, vocab_size), tied weights
@@ -191,10 +193,13 @@ class TransformerLM(nn.Module):
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
-        """Pick one token per row of logits (B, V) -> (B, 1), in fp32 whatever the model's dtype."""
+        """Pick one token per row of logits (B, V) -> (B, 1), in fp64 whatever the model's dtype."""
         if temperature == 0:
             return logits.argmax(dim=-1, keepdim=True)
-        logits = logits.float() / temperature  # fp32: a tiny temperature must not overflow fp16
+        # fp64 (a temperature of 1e-300 is 0 in fp32), maximum subtracted first: scores <= 0, so
+        # dividing by even a subnormal temperature gives 0 or -inf (greedy in the limit), never NaN
+        logits = logits.double()
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
         if top_k is not None:
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
