@@ -140,7 +140,7 @@ def grouped_attention(
       may be strided views (a slice of a longer cache).
     * Causal prefill (Tq > 1) passes ``is_causal`` (Tq = Tk) or a
       bottom-right-aligned mask (Tq < Tk) with ``enable_gqa=True``: the
-      fastest of the options measured by ``python -m gqa_lib.bench prefill``.
+      fastest of the options measured by ``python -m gqa_lib.bench prefill-kernels``.
     """
     _check_qkv(q, k, v, causal)
     B, H, Tq, D = q.shape

@@ -28,6 +28,7 @@ from .timing import (
 
 __all__ = [
     "bench_attention_decode",
+    "bench_causal_prefill",
     "bench_model_decode",
     "decode_step_model",
     "divisors",
@@ -72,8 +73,14 @@ def bench_attention_decode(
     min_run_time: float = 0.3,
     seed: int = 0,
     rounds: int = 2,
+    spare_positions: int = 0,
 ) -> list[dict]:
     """Time one decode step of attention (Tq = 1 against ``context`` cached keys).
+
+    With ``spare_positions > 0``, K and V are the first ``context`` positions
+    of buffers ``context + spare_positions`` long: the strided slice of a
+    preallocated cache that :meth:`TransformerLM.generate` reads (it
+    allocates for the prompt and every new token).
 
     For every G in ``groups`` (default: every divisor of ``n_heads``) and
     every implementation, returns a row with ``ms`` (median milliseconds per
@@ -91,9 +98,10 @@ def bench_attention_decode(
     inputs = {}
     for g in groups:
         q = torch.randn(batch_size, n_heads, 1, head_dim, generator=gen).to(device, dtype)  # (B, H, 1, D)
-        k = torch.randn(batch_size, g, context, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk, D)
-        v = torch.randn(batch_size, g, context, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk, D)
-        inputs[g] = (q, k, v)
+        length = context + spare_positions
+        k = torch.randn(batch_size, g, length, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk + spare, D)
+        v = torch.randn(batch_size, g, length, head_dim, generator=gen).to(device, dtype)
+        inputs[g] = (q, k[:, :, :context], v[:, :, :context])  # (B, G, Tk, D), strided when spare > 0
     calls = {
         (g, name): functools.partial(BENCH_IMPLEMENTATIONS[name], *inputs[g], causal=True)
         for g in groups
@@ -103,7 +111,7 @@ def bench_attention_decode(
         best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time)
     rows = []
     for g, (q, k, v) in inputs.items():
-        kv_bytes = k.nbytes + v.nbytes
+        kv_bytes = 2 * k.numel() * k.element_size()  # the Tk positions read, not the spare ones
         for name in implementations:
             t = best[g, name]
             rows.append(
@@ -117,6 +125,50 @@ def bench_attention_decode(
                 }
             )
     return rows
+
+
+def bench_causal_prefill(
+    batch_size: int = 4,
+    n_heads: int = 16,
+    head_dim: int = 64,
+    length: int = 1024,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    groups: list[int] | None = None,
+    min_run_time: float = 0.3,
+    rounds: int = 2,
+    seed: int = 0,
+) -> list[dict]:
+    """Time causal attention over a whole prompt (Tq = Tk = ``length``), three ways, for every G.
+
+    The candidates for :func:`gqa_lib.grouped_attention`'s prefill path:
+    ``sdpa_is_causal`` (``is_causal=True, enable_gqa=True``, what the library
+    runs), ``folded_row_mask`` (groups folded into the rows as for decoding,
+    with a (R*T, T) causal mask repeated per head) and ``repeat_kv_is_causal``
+    (K/V copied to H heads, then ``is_causal``). Rows: G, impl, ms.
+    """
+    device = pick_device(device)
+    dtype = parse_dtype(dtype)
+    groups = [g for g in divisors(n_heads) if g in (1, 4, n_heads)] if groups is None else groups
+    _check_groups_and_impls(n_heads, groups, [])
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    calls = {}
+    for g in groups:
+        r = n_heads // g
+        q = torch.randn(batch_size, n_heads, length, head_dim, generator=gen).to(device, dtype)  # (B, H, T, D)
+        k = torch.randn(batch_size, g, length, head_dim, generator=gen).to(device, dtype)  # (B, G, T, D)
+        v = torch.randn(batch_size, g, length, head_dim, generator=gen).to(device, dtype)
+        row_mask = torch.ones(length, length, dtype=torch.bool, device=device).tril().repeat(r, 1)  # (R*T, T)
+        q_folded = q.reshape(batch_size, g, r * length, head_dim)  # (B, H, T, D) -> (B, G, R*T, D)
+        calls[g, "sdpa_is_causal"] = functools.partial(sdpa, q, k, v, is_causal=True, enable_gqa=g != n_heads)
+        calls[g, "folded_row_mask"] = functools.partial(sdpa, q_folded, k, v, attn_mask=row_mask)
+        calls[g, "repeat_kv_is_causal"] = (
+            lambda q=q, k=k, v=v, r=r: sdpa(q, repeat_kv(k, r), repeat_kv(v, r), is_causal=True)
+        )
+    with torch.no_grad():
+        best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time)
+    return [{"G": g, "impl": impl, "ms": t.median_ms, "iqr_ms": t.iqr_s * 1e3} for (g, impl), t in best.items()]
 
 
 def _check_groups_and_impls(n_heads: int, groups: list[int], implementations: list[str]) -> None:
@@ -318,6 +370,8 @@ def _print_attention_targets(targets: dict, n_heads: int, out=None) -> None:
 
 def _cmd_attention(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
+    if args.spare_positions < 0:
+        args.parser.error(f"--spare-positions must be >= 0; got {args.spare_positions}")
     groups = _int_list(args, "groups", args.groups) if args.groups else None
     contexts = _int_list(args, "context", args.context)
     dtypes = _dtype_list(args, args.dtype)
@@ -329,12 +383,13 @@ def _cmd_attention(args: argparse.Namespace) -> dict:
     for dtype in dtypes:
         for context in contexts:
             bandwidth = max(bandwidth, streaming_read_bandwidth(device, num_threads=threads) / 1e9)
-            print(f"\ndecode-step attention: B={args.batch} H={args.heads} D={args.head_dim} Tk={context} "
+            layout = f", K/V a slice of {context + args.spare_positions} positions" if args.spare_positions else ""
+            print(f"\ndecode-step attention: B={args.batch} H={args.heads} D={args.head_dim} Tk={context}{layout} "
                   f"{dtype} on {device_name(device)}")
             rows = bench_attention_decode(
                 batch_size=args.batch, n_heads=args.heads, head_dim=args.head_dim, context=context, dtype=dtype,
                 device=device, groups=groups, implementations=impls, min_run_time=args.min_run_time,
-                rounds=args.rounds,
+                rounds=args.rounds, spare_positions=args.spare_positions,
             )
             bandwidth = max(bandwidth, streaming_read_bandwidth(device, num_threads=threads) / 1e9)
             _print_attention_table(rows, bandwidth)
@@ -346,7 +401,8 @@ def _cmd_attention(args: argparse.Namespace) -> dict:
         print(f"\nbest streaming-read bandwidth over the run: {bandwidth:.1f} GB/s; share at G={args.heads}: "
               + ", ".join(f"{t['dtype']} Tk={t['context']}: {t['targets']['share_of_bandwidth']:.0%}" for t in tables))
     settings = {k: getattr(args, k) for k in ("batch", "heads", "head_dim")}
-    settings.update(contexts=contexts, dtypes=dtypes, threads=threads, rounds=args.rounds)
+    settings.update(contexts=contexts, dtypes=dtypes, threads=threads, rounds=args.rounds,
+                    spare_positions=args.spare_positions)
     # the first table's rows also sit at the top level, the shape `load_results` readers expect
     return {"benchmark": "attention", **_environment(device), "settings": settings,
             "streaming_read_gbps": bandwidth, "rows": tables[0]["rows"], "tables": tables}
@@ -408,6 +464,24 @@ def _cmd_sweep(args: argparse.Namespace) -> dict:
         print(f"{r['context']:>8} {r['G']:>4} {r['ms']:>9.3f} {r['kv_bytes'] / 1e6:>8.1f}")
     settings = {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "dtype")}
     return {"benchmark": "sweep", **_environment(device), "settings": settings, "rows": rows}
+
+
+def _cmd_prefill_kernels(args: argparse.Namespace) -> dict:
+    device = pick_device(args.device)
+    groups = _int_list(args, "groups", args.groups) if args.groups else None
+    print(f"causal prefill attention: B={args.batch} H={args.heads} D={args.head_dim} T={args.length} "
+          f"{args.dtype} on {device_name(device)}; ms per call")
+    rows = bench_causal_prefill(
+        batch_size=args.batch, n_heads=args.heads, head_dim=args.head_dim, length=args.length, dtype=args.dtype,
+        device=device, groups=groups, min_run_time=args.min_run_time, rounds=args.rounds,
+    )
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    by = {(r["G"], r["impl"]): r["ms"] for r in rows}
+    print(f"{'G':>4} " + " ".join(f"{name:>20}" for name in impls))
+    for g in dict.fromkeys(r["G"] for r in rows):
+        print(f"{g:>4} " + " ".join(f"{by[g, name]:>20.2f}" for name in impls))
+    settings = {k: getattr(args, k) for k in ("batch", "heads", "head_dim", "length", "dtype")}
+    return {"benchmark": "prefill-kernels", **_environment(device), "settings": settings, "rows": rows}
 
 
 def _cmd_bandwidth(args: argparse.Namespace) -> dict:
@@ -482,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"comma-separated, from {', '.join(BENCH_IMPLEMENTATIONS)}")
     att.add_argument("--min-run-time", type=positive_float, default=0.3, help="seconds of measuring per figure")
     att.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds (best median kept)")
+    att.add_argument("--spare-positions", type=int, default=0,
+                     help="read K/V as the first Tk positions of a cache this much longer (what generate() reads)")
     _add_common(att)
     att.set_defaults(run=_cmd_attention, dtype="float32,bfloat16")
 
@@ -507,6 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--min-run-time", type=positive_float, default=0.2)
     _add_common(swp, dtype_choices=True)
     swp.set_defaults(run=_cmd_sweep)
+
+    pk = sub.add_parser("prefill-kernels", help="causal prefill attention: the candidate kernels for every G")
+    pk.add_argument("--batch", type=positive_int, default=4)
+    pk.add_argument("--heads", type=positive_int, default=16, help="query heads H")
+    pk.add_argument("--head-dim", type=positive_int, default=64)
+    pk.add_argument("--length", type=positive_int, default=1024, help="prompt length T (Tq = Tk)")
+    pk.add_argument("--groups", default=None, help="comma-separated G values (default: 1, 4 and H)")
+    pk.add_argument("--min-run-time", type=positive_float, default=0.3)
+    pk.add_argument("--rounds", type=positive_int, default=2)
+    _add_common(pk, dtype_choices=True)
+    pk.set_defaults(run=_cmd_prefill_kernels)
 
     bw = sub.add_parser("bandwidth", help="measured streaming-read bandwidth of the device")
     _add_common(bw, dtype=False)
