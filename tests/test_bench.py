@@ -62,3 +62,40 @@ def test_progress_respects_tqdm_disable_env(monkeypatch):
     assert progress([1, 2], "x", enabled=False).disable is True
     monkeypatch.setenv("TQDM_DISABLE", "1")  # the book's static build sets this
     assert progress([1, 2], "x").disable is True
+
+
+def test_spare_positions_time_a_strided_slice_and_count_only_the_read_positions():
+    rows = bench.bench_attention_decode(batch_size=1, n_heads=4, head_dim=8, context=16, min_run_time=0.01,
+                                        implementations=["grouped"], spare_positions=5, rounds=1)
+    for r in rows:
+        assert r["kv_bytes"] == 2 * 1 * r["G"] * 16 * 8 * 4  # the 16 positions read, not the 21 allocated
+
+
+def test_causal_prefill_candidates_cover_every_group():
+    rows = bench.bench_causal_prefill(batch_size=1, n_heads=4, head_dim=8, length=12, min_run_time=0.01, rounds=1)
+    assert {(r["G"], r["impl"]) for r in rows} == {
+        (g, impl) for g in (1, 4) for impl in ("sdpa_is_causal", "folded_row_mask", "repeat_kv_is_causal")
+    }
+
+
+@pytest.mark.parametrize("argv", [
+    ["attention", "--spare-positions", "-1"],
+    ["attention", "--dtype", "float8"],
+    ["attention", "--context", "0"],
+    ["attention", "--groups", "3"],
+    ["prefill-kernels", "--length", "x"],
+    ["model", "--groups", "a,b"],
+])
+def test_cli_bad_arguments_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv + ["--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_a_result_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit):
+        bench.main(["bandwidth", "--device", "cpu", "--json", str(out)])
+    assert out.read_text() == "{}"
