@@ -20,6 +20,7 @@ from .corpus import CorpusConfig, make_corpus
 from .kv_cache import KVCache, kv_cache_bytes
 from .model import TransformerConfig, TransformerLM
 from .presets import PRESETS, ModelPreset, get_preset
+from .source import show_source
 from .timing import device_name, pick_device
 
 __version__ = "0.1.0"
@@ -44,4 +45,5 @@ __all__ = [
     "repeat_kv",
     "repeat_kv_attention",
     "sdpa_attention",
+    "show_source",
 ]
