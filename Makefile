@@ -6,9 +6,12 @@ STAMP  := $(VENV)/.installed
 # Plotly figures render as HTML with plotly.js served once from _static (see gqa_lib/plots.py).
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: env browser book test unit notebooks-test site site-test bench experiments clean
+.PHONY: env browser book test unit notebooks-test site site-test bench experiments repo clean
 
 $(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "The build environment needs Python >= 3.11 (numpy==2.4.6, ipykernel==7.4.0, transformers==5.24.0 in" \
+	       "requirements.txt require it); $(PYTHON) is older: run e.g. make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
@@ -49,6 +52,12 @@ bench: env
 ## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 21 min on 2 CPU cores)
 experiments: env
 	$(BIN)/python -m gqa_lib.experiments all --overwrite
+
+## make repo URL=https://github.com/OWNER/NAME [BRANCH=main]: point the book at its repository, in one go
+## (_config.yml's repository url/branch, every chapter's set-up cell, links in the top-level pages)
+BRANCH ?= main
+repo:
+	$(PYTHON) tools/set_repository.py "$(URL)" --branch "$(BRANCH)"
 
 clean:
 	rm -rf _build

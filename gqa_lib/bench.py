@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.resources
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -34,6 +38,8 @@ __all__ = [
     "divisors",
     "load_results",
     "main",
+    "reference_folder",
+    "reference_results",
     "sweep_attention_decode",
 ]
 
@@ -307,6 +313,39 @@ def load_results(folder: str | Path, benchmark: str | None = None) -> list[dict]
         if benchmark is None or data["benchmark"] == benchmark:
             results.append(data)
     return results
+
+
+def reference_folder():
+    """The folder of committed benchmark results shipped with gqa_lib: ``gqa_lib/data/benchmarks/``.
+
+    A :class:`importlib.resources.abc.Traversable` (a :class:`~pathlib.Path`
+    for an ordinary install or a checkout). Files get there by running, on the
+    machine to record, ``python -m gqa_lib.bench sweep --device cuda --json
+    gqa_lib/data/benchmarks/<gpu-name>.json`` in a checkout and committing the
+    file; ``pip install`` ships every ``*.json`` in it (package data).
+    """
+    return importlib.resources.files("gqa_lib").joinpath("data", "benchmarks")
+
+
+def reference_results(benchmark: str | None = None) -> list[dict]:
+    """The benchmark results committed to gqa_lib (:func:`reference_folder`), sorted by file name.
+
+    ``benchmark`` keeps only results of that command (e.g. "sweep"), as in
+    :func:`load_results`, which reads them (a file that is not a result raises
+    ValueError naming it). An empty list when none are shipped.
+    """
+    folder = reference_folder()
+    if not folder.is_dir():
+        return []
+    if isinstance(folder, (str, os.PathLike)):
+        return load_results(folder, benchmark)
+    # gqa_lib imported from a zip or similar: copy the JSON files out, then read them alike
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in folder.iterdir():
+            if entry.is_file() and entry.name.endswith(".json"):
+                with entry.open("rb") as src, open(Path(tmp) / entry.name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        return load_results(tmp, benchmark)
 
 
 def _environment(device: torch.device) -> dict:

@@ -51,6 +51,16 @@ def _colours(groups: Sequence[int], n_heads: int, picked: int | None) -> list[st
     return out
 
 
+HEADROOM = 1.18  # y axes reach this far past the tallest bar, so its label (drawn outside, above) fits
+
+
+def _y_range(values) -> list[float]:
+    """[0, top] for bars of ``values`` (None for a gap): room above the tallest one for its label."""
+    finite = [v for v in values if v is not None]
+    top = max(finite, default=0.0)
+    return [0.0, top * HEADROOM if top > 0 else 1.0]
+
+
 def kv_by_group_figure(
     preset: ModelPreset, groups: Sequence[int], seq_len: int, batch_size: int = 1,
     bytes_per_elem: int = 2, picked: int | None = None,
@@ -64,12 +74,13 @@ def kv_by_group_figure(
         go.Bar(
             x=[group_label(g, preset.n_heads) for g in groups], y=gib,
             marker_color=_colours(groups, preset.n_heads, picked),
-            text=[f"{v:.2f}" for v in gib], textposition="outside", name="KV cache",
+            text=[f"{v:.2f}" for v in gib], textposition="outside", cliponaxis=False, name="KV cache",
         )
     )
     fig.update_layout(
         title=f"KV cache of {preset.name}-shaped model: {seq_len} tokens x batch {batch_size}, {bytes_per_elem} B/elem",
         xaxis_title="KV heads G", yaxis_title="KV cache (GiB)", height=380, margin=dict(t=60, b=40),
+        yaxis_range=_y_range(gib),
     )
     return fig
 
@@ -83,14 +94,22 @@ def time_by_group_figure(
     fig = go.Figure(
         go.Bar(
             x=[group_label(g, n_heads) for g in groups], y=ms, marker_color=_colours(groups, n_heads, picked),
-            text=[f"{v:.2f}" for v in ms], textposition="outside", name=what,
+            text=[f"{v:.2f}" for v in ms], textposition="outside", cliponaxis=False, name=what,
         )
     )
     fig.update_layout(
         title=f"Measured {what} time per G on {device}", xaxis_title="KV heads G",
-        yaxis_title="time per call (ms)", height=380, margin=dict(t=60, b=40),
+        yaxis_title="time per call (ms)", height=380, margin=dict(t=60, b=40), yaxis_range=_y_range(ms),
     )
     return fig
+
+
+# Layout of the sweep figure, in pixels from the top and bottom of the figure: title, then the legend
+# (one row per ~2 devices), then the subplot titles, the plot, the x axes, and the slider at the bottom.
+SWEEP_HEIGHT = 600
+SWEEP_MARGIN = dict(t=160, b=150, l=60, r=20)
+SWEEP_LEGEND_TOP = 48  # px below the top of the figure, under the title
+SLIDER_PAD_TOP = 50  # px between the plot area and the slider (room for the x axes' ticks and titles)
 
 
 def decode_sweep_figure(sweeps: Sequence[Mapping], initial_context: int | None = None) -> go.Figure:
@@ -99,6 +118,11 @@ def decode_sweep_figure(sweeps: Sequence[Mapping], initial_context: int | None =
     ``sweeps`` are results of ``python -m gqa_lib.bench sweep`` (or
     :func:`gqa_lib.bench.sweep_attention_decode` wrapped as ``{"device": ...,
     "settings": ..., "rows": rows}``). Contexts missing from a sweep show as gaps.
+
+    Each bar carries its value as a label above it; each slider step sets
+    the bars, their labels and both y ranges (with room above the tallest
+    bar for its label). The legend runs horizontally above the plots, under
+    the title, clear of the slider at the bottom.
     """
     if not sweeps:
         raise ValueError("decode_sweep_figure needs at least one sweep")
@@ -115,35 +139,56 @@ def decode_sweep_figure(sweeps: Sequence[Mapping], initial_context: int | None =
         by_g = {r["G"]: r[key] for r in sweep["rows"] if r["context"] == context}
         return [by_g[g] * scale if g in by_g else None for g in groups]
 
+    def texts(ys):  # short labels, never in exponent form: 1074, 33.6, 0.322
+        return ["" if y is None else f"{y:.0f}" if abs(y) >= 100 else f"{y:.3g}" for y in ys]
+
+    def state(context):
+        """Per trace (time, bytes for each sweep): y and text; and the two y ranges."""
+        ys, text = [], []
+        for sweep in sweeps:
+            ms, mb = values(sweep, context, "ms", 1.0), values(sweep, context, "kv_bytes", 1e-6)
+            ys += [ms, mb]
+            text += [texts(ms), texts(mb)]
+        ranges = {"yaxis.range": _y_range([v for y in ys[0::2] for v in y]),
+                  "yaxis2.range": _y_range([v for y in ys[1::2] for v in y])}
+        return ys, text, ranges
+
+    ys, text, ranges = state(initial)
     palette = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b"]
+    # several devices make narrow bars: their labels turn upright rather than shrink into each other
+    bar_text = dict(textposition="outside", cliponaxis=False, textfont=dict(size=10),
+                    textangle=0 if len(sweeps) == 1 else -90)
     for i, sweep in enumerate(sweeps):
         s = sweep.get("settings", {})
         name = f"{sweep['device']}"
         shape = f"B={s.get('batch', '?')}, H={s.get('heads', '?')}, D={s.get('head_dim', '?')}, {s.get('dtype', '')}"
         colour = palette[i % len(palette)]
-        fig.add_trace(go.Bar(x=labels, y=values(sweep, initial, "ms", 1.0), name=f"{name} ({shape})",
-                             marker_color=colour, legendgroup=name), row=1, col=1)
-        fig.add_trace(go.Bar(x=labels, y=values(sweep, initial, "kv_bytes", 1e-6), name=f"{name} K/V MB",
-                             marker_color=colour, opacity=0.6, legendgroup=name, showlegend=False), row=1, col=2)
+        fig.add_trace(go.Bar(x=labels, y=ys[2 * i], text=text[2 * i], name=f"{name} ({shape})",
+                             marker_color=colour, legendgroup=name, **bar_text), row=1, col=1)
+        fig.add_trace(go.Bar(x=labels, y=ys[2 * i + 1], text=text[2 * i + 1], name=f"{name} K/V MB",
+                             marker_color=colour, opacity=0.6, legendgroup=name, showlegend=False, **bar_text),
+                      row=1, col=2)
     steps = []
     for context in contexts:
-        ys = []
-        for sweep in sweeps:
-            ys.append(values(sweep, context, "ms", 1.0))
-            ys.append(values(sweep, context, "kv_bytes", 1e-6))
-        steps.append({"label": str(context), "method": "restyle", "args": [{"y": ys}]})
+        step_ys, step_text, step_ranges = state(context)
+        steps.append({"label": str(context), "method": "update",
+                      "args": [{"y": step_ys, "text": step_text}, step_ranges]})
     fig.update_layout(
-        title="Decode-step attention vs number of KV heads G (move the slider: context length)",
+        title=dict(text="Decode-step attention vs number of KV heads G (move the slider: context length)",
+                   yref="container", y=1 - 12 / SWEEP_HEIGHT, yanchor="top"),
         sliders=[{
             "active": contexts.index(initial), "currentvalue": {"prefix": "context length: "},
-            "pad": {"t": 50}, "steps": steps,
+            "pad": {"t": SLIDER_PAD_TOP}, "y": 0, "yanchor": "top", "steps": steps,
         }],
-        barmode="group", height=480, margin=dict(t=80), legend=dict(orientation="h", y=-0.45),
+        barmode="group", height=SWEEP_HEIGHT, margin=SWEEP_MARGIN,
+        # above the plots, under the title: never over the slider and its labels at the bottom
+        legend=dict(orientation="h", yref="container", y=1 - SWEEP_LEGEND_TOP / SWEEP_HEIGHT, yanchor="top",
+                    x=0, xanchor="left"),
     )
     fig.update_xaxes(title_text="KV heads G", row=1, col=1)
     fig.update_xaxes(title_text="KV heads G", row=1, col=2)
-    fig.update_yaxes(title_text="ms per call", row=1, col=1)
-    fig.update_yaxes(title_text="MB of K and V", row=1, col=2)
+    fig.update_yaxes(title_text="ms per call", range=ranges["yaxis.range"], row=1, col=1)
+    fig.update_yaxes(title_text="MB of K and V", range=ranges["yaxis2.range"], row=1, col=2)
     return fig
 
 

@@ -33,7 +33,7 @@ from .presets import PRESETS, ModelPreset
 from .speed_figures import kv_by_group_figure, time_by_group_figure
 from .timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
 
-__all__ = ["DecodeExplorer", "measure_decode_per_group", "SizeRefused"]
+__all__ = ["DecodeExplorer", "compare_times", "measure_decode_per_group", "SizeRefused"]
 
 CONTEXTS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -237,6 +237,18 @@ def measure_decode_per_group(
     return ms
 
 
+def compare_times(ms: float, reference_ms: float, reference: str) -> str:
+    """'4.00x faster than MHA', '2.00x slower than MQA' or 'about as fast as MHA': never '0.50x faster'."""
+    if not (ms > 0 and reference_ms > 0):
+        raise ValueError(f"times must be positive; got {ms!r} and {reference_ms!r}")
+    ratio = reference_ms / ms
+    if round(ratio, 2) == 1 or round(1 / ratio, 2) == 1:
+        return f"about as fast as {reference}"
+    if ratio > 1:
+        return f"{ratio:.2f}x faster than {reference}"
+    return f"{1 / ratio:.2f}x slower than {reference}"
+
+
 class DecodeExplorer:
     """Sliders for G, context length, batch size, dtype and model preset; live KV size and decode time.
 
@@ -339,9 +351,12 @@ class DecodeExplorer:
                 ms, p.n_heads, device_name(self.device, threads), picked=g,
                 what=f"1-layer decode ({p.name} shape)",
             )
+            comparisons = [compare_times(ms[g], ms[ref_g], ref) for ref_g, ref in ((p.n_heads, "MHA"), (1, "MQA"))
+                           if ref_g != g]
+            kind = " (MHA)" if g == p.n_heads else " (MQA)" if g == 1 else ""
             self.message = (
-                f"G={g} of H={p.n_heads}: KV cache {g / p.n_heads:.3g} of MHA's; measured decode step "
-                f"{ms[p.n_heads] / ms[g]:.2f}x faster than MHA and {ms[g] / ms[1]:.2f}x the time of MQA."
+                f"G={g}{kind} of H={p.n_heads}: KV cache {g / p.n_heads:.3g} of MHA's; measured decode step "
+                f"{ms[g]:.3g} ms" + (": " + " and ".join(comparisons) if comparisons else "") + "."
             )
         if self._controls is not None:
             self._redraw()
@@ -354,15 +369,18 @@ class DecodeExplorer:
         import ipywidgets as widgets
 
         style, layout = {"description_width": "110px"}, widgets.Layout(width="520px")
+        # a slider reports its value when released, not at every position it is dragged through:
+        # one measurement per move
+        slider = dict(style=style, layout=layout, continuous_update=False)
         c = {
             "preset": widgets.Dropdown(options=list(PRESETS), value=self.preset, description="model shape",
                                        style=style, layout=layout),
             "G": widgets.SelectionSlider(options=divisors(self.shape.n_heads), value=self.G,
-                                         description="KV heads G", style=style, layout=layout),
+                                         description="KV heads G", **slider),
             "context": widgets.SelectionSlider(options=CONTEXTS, value=self.context, description="context length",
-                                               style=style, layout=layout),
+                                               **slider),
             "batch_size": widgets.SelectionSlider(options=BATCHES, value=self.batch_size, description="batch size",
-                                                  style=style, layout=layout),
+                                                  **slider),
             "dtype": widgets.Dropdown(options=DTYPES, value=self.dtype, description="dtype", style=style, layout=layout),
         }
         header, status, kv_out, time_out = widgets.HTML(), widgets.HTML(), widgets.Output(), widgets.Output()

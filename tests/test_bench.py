@@ -99,3 +99,52 @@ def test_cli_refuses_to_overwrite_a_result_without_overwrite(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["bandwidth", "--device", "cpu", "--json", str(out)])
     assert out.read_text() == "{}"
+
+
+# -- committed reference results (gqa_lib/data/benchmarks/) --------------------------------------
+
+def _result(benchmark, device):
+    return {"benchmark": benchmark, "device": device, "settings": {}, "rows": [{"context": 8, "G": 1, "ms": 1.0}]}
+
+
+def test_reference_results_with_an_empty_folder_are_an_empty_list(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "reference_folder", lambda: tmp_path)
+    (tmp_path / "README.md").write_text("# how files get here\n")  # not a result: ignored
+    assert bench.reference_results() == [] and bench.reference_results("sweep") == []
+    monkeypatch.setattr(bench, "reference_folder", lambda: tmp_path / "absent")  # no folder at all
+    assert bench.reference_results("sweep") == []
+
+
+def test_reference_results_read_the_shipped_json_through_load_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "reference_folder", lambda: tmp_path)
+    (tmp_path / "b-gpu.json").write_text(json.dumps(_result("sweep", "GPU B")))
+    (tmp_path / "a-gpu.json").write_text(json.dumps(_result("sweep", "GPU A")))
+    (tmp_path / "model.json").write_text(json.dumps(_result("model", "GPU A")))
+    assert [r["device"] for r in bench.reference_results("sweep")] == ["GPU A", "GPU B"]  # sorted by file name
+    assert [r["benchmark"] for r in bench.reference_results()] == ["sweep", "sweep", "model"]
+    assert bench.reference_results("sweep") == bench.load_results(tmp_path, "sweep")
+    (tmp_path / "notes.json").write_text("{}")
+    with pytest.raises(ValueError, match="notes.json"):
+        bench.reference_results()
+
+
+def test_reference_results_from_a_folder_that_is_not_a_path(tmp_path, monkeypatch):
+    """gqa_lib imported from a zip: the folder is a Traversable, not a Path; the results read alike."""
+    import zipfile
+
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("gqa_lib/data/benchmarks/gpu.json", json.dumps(_result("sweep", "GPU Z")))
+        z.writestr("gqa_lib/data/benchmarks/README.md", "# readme\n")
+    folder = zipfile.Path(archive, "gqa_lib/data/benchmarks/")
+    monkeypatch.setattr(bench, "reference_folder", lambda: folder)
+    assert [r["device"] for r in bench.reference_results("sweep")] == ["GPU Z"]
+
+
+def test_the_shipped_reference_folder_is_the_package_data_folder():
+    from pathlib import Path
+
+    folder = bench.reference_folder()
+    assert Path(str(folder)) == Path(bench.__file__).resolve().parent / "data" / "benchmarks"
+    assert folder.is_dir() and (Path(str(folder)) / "README.md").exists()
+    assert isinstance(bench.reference_results(), list)  # whatever is committed parses as results

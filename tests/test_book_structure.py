@@ -41,11 +41,24 @@ def test_first_code_cell_is_the_setup_cell_naming_the_configured_repository(path
     cells = [c for c in load(path)["cells"] if c["cell_type"] == "code"]
     setup = "".join(cells[0]["source"])
     url = CONFIG["repository"]["url"]
-    installs = re.findall(r"git\+(https://github\.com/[\w.-]+/[\w.-]+)@(\w+)", setup)
+    installs = re.findall(r"git\+(https://github\.com/[\w.-]+/[\w.-]+)@([\w./-]+)", setup)
     assert installs == [(url, CONFIG["repository"]["branch"])], installs
     assert '"google.colab" in sys.modules' in setup
     assert "enable_custom_widget_manager()" in setup
     assert "gqa_lib.pick_device()" in setup
+
+
+@pytest.mark.parametrize("page", sorted(ROOT.glob("*.md")), ids=lambda p: p.name)
+def test_pages_name_the_configured_repository(page):
+    """intro.md, README.md: `make repo URL=...` (tools/set_repository.py) rewrites these with the config."""
+    url, branch = CONFIG["repository"]["url"], CONFIG["repository"]["branch"]
+    text = page.read_text()
+    installs = re.findall(r"git\+(https://github\.com/[\w.-]+/[\w.-]+)@([\w./-]+)", text)
+    installs = [i for i in installs if i[0] != "https://github.com/OWNER/NAME"]  # the README's pattern
+    assert all(found == (url, branch) for found in installs), installs
+    # a link whose text says "repository" ([the repository](https://github.com/...)) goes to ours
+    links = re.findall(r"\[[^\]]*\brepository\b[^\]]*\]\((https://github\.com/[^)\s]*)\)", text, re.I)
+    assert all(link.rstrip("/") == url or link.startswith(url + "/") for link in links), links
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import weakref
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 from gqa_lib import PRESETS, bench, kv_cache_bytes
 from gqa_lib.kv_cache import KVCache
 from gqa_lib.speed_figures import decode_sweep_figure, kv_by_group_figure, relative_speed_figure, time_by_group_figure
-from gqa_lib.widgets import DecodeExplorer, SizeRefused, measure_decode_per_group
+from gqa_lib.widgets import DecodeExplorer, SizeRefused, compare_times, measure_decode_per_group
 
 SMALL = PRESETS["Mistral 7B"]
 # Mistral's H=32 and G=8 with a tiny head dim: real divisibility rules, kilobytes of K/V.
@@ -98,6 +99,60 @@ def test_decode_sweep_figure_slider_steps_carry_every_trace():
         decode_sweep_figure([cpu], initial_context=999)
 
 
+def _top(axis_range):
+    return axis_range[1]
+
+
+def test_bar_labels_of_the_explorer_figures_are_never_clipped():
+    """Labels sit above the bars (outside), drawn past the plot area if need be, with room under the axis top."""
+    kv = kv_by_group_figure(SMALL, [1, 8, 32], seq_len=1024, batch_size=2, picked=8)
+    time = time_by_group_figure({1: 1.0, 4: 2.0, 32: 8.0}, 32, "Test GPU", picked=4)
+    for fig in (kv, time):
+        bar = fig.data[0]
+        assert bar.textposition == "outside" and bar.cliponaxis is False
+        assert fig.layout.yaxis.range[0] == 0 and _top(fig.layout.yaxis.range) >= 1.15 * max(bar.y)
+
+
+def test_decode_sweep_figure_legend_sits_above_the_plots_clear_of_the_slider():
+    cpu, gpu = _sweep("CPU", [128, 256, 512], 1.0), _sweep("GPU", [256, 512, 1024], 0.1)
+    fig = decode_sweep_figure([cpu, gpu])
+    layout = fig.layout
+    height, margin = layout.height, layout.margin
+    legend, slider = layout.legend, layout.sliders[0]
+    # the legend: horizontal, hung from a fixed height in the figure's top margin, under the title
+    assert legend.orientation == "h" and legend.yref == "container" and legend.yanchor == "top"
+    legend_top_px = (1 - legend.y) * height
+    title_top_px = (1 - layout.title.y) * height
+    assert layout.title.yref == "container" and layout.title.yanchor == "top"
+    assert title_top_px + 25 <= legend_top_px  # one line of title above it
+    subplot_titles_px = margin.t - 25  # the subplot titles sit on the plot area (font 16)
+    assert legend_top_px + 2 * 25 <= subplot_titles_px  # room for two rows of legend entries
+    # the slider: below the plot area (paper y = 0, hanging down), inside the bottom margin
+    assert slider.y == 0 and slider.yanchor == "top" and slider.pad.t >= 45  # the x axes' ticks and titles
+    assert margin.b >= slider.pad.t + 70  # the slider's value label, rail and step labels
+    assert legend.y > 0.5  # nowhere near the bottom, where the old legend (y=-0.45) ran into the slider
+
+
+def test_decode_sweep_figure_labels_every_bar_and_leaves_headroom_at_every_step():
+    cpu, gpu = _sweep("CPU", [128, 256, 512], 1.0), _sweep("GPU", [256, 512, 1024], 0.1)
+    fig = decode_sweep_figure([cpu, gpu])
+    for bar in fig.data:
+        assert bar.textposition == "outside" and bar.cliponaxis is False
+        assert list(bar.text) == ["" if y is None else (f"{y:.0f}" if y >= 100 else f"{y:.3g}") for y in bar.y]
+    steps = fig.layout.sliders[0].steps
+    for step in steps:
+        data, layout = step.args
+        assert step.method == "update" and len(data["text"]) == len(data["y"]) == len(fig.data)
+        time_max = max(v for ys in data["y"][0::2] for v in ys if v is not None)
+        bytes_max = max(v for ys in data["y"][1::2] for v in ys if v is not None)
+        assert layout["yaxis.range"][0] == 0 and 1.15 * time_max <= _top(layout["yaxis.range"]) <= 1.3 * time_max
+        assert 1.15 * bytes_max <= _top(layout["yaxis2.range"]) <= 1.3 * bytes_max
+        assert all("e+" not in t for texts in data["text"] for t in texts)  # 1074, not 1.07e+03
+    active = steps[fig.layout.sliders[0].active]
+    assert list(fig.layout.yaxis.range) == active.args[1]["yaxis.range"]  # the first drawn state is the step's
+    assert list(fig.data[0].text) == active.args[0]["text"][0]
+
+
 def test_relative_speed_figure_normalises_to_mha():
     fig = relative_speed_figure([{"G": 1, "ms": 1.0}, {"G": 4, "ms": 2.0}, {"G": 4 * 2, "ms": 4.0}], 8, "CPU")
     paper, ours = fig.data
@@ -133,6 +188,63 @@ def test_explorer_sliders_drive_the_state(monkeypatch):
     assert panel is ex.widget()
     ex.set(context=512, batch_size=2)  # set from code: the sliders follow
     assert (controls["context"].value, controls["batch_size"].value) == (512, 2)
+
+
+@pytest.mark.parametrize("ms,ref,expected", [
+    (1.0, 4.0, "4.00x faster than MHA"), (2.0, 1.0, "2.00x slower than MHA"), (0.5, 0.25, "2.00x slower than MHA"),
+    (1.0, 1.0, "about as fast as MHA"), (1.0, 1.004, "about as fast as MHA"), (1.0, 0.996, "about as fast as MHA"),
+])
+def test_compare_times_says_slower_never_a_fraction_faster(ms, ref, expected):
+    assert compare_times(ms, ref, "MHA") == expected
+    with pytest.raises(ValueError, match="positive"):
+        compare_times(0.0, 1.0, "MHA")
+
+
+def test_explorer_status_says_slower_when_a_G_is_slower(monkeypatch):
+    """Noise can make a G slower than MHA (or MQA slower than a G): the status line says "slower", not "0.50x faster"."""
+    def fake(preset, batch_size, context, dtype, device, num_threads=None, **_):
+        return {g: 2.0 if g == 8 else 1.0 for g in bench.divisors(preset.n_heads)}  # G=8 twice MHA's time
+
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", fake)
+    ex = DecodeExplorer(preset="Llama 2 7B", G=8)
+    assert "2.00x slower than MHA" in ex.message and "2.00x slower than MQA" in ex.message
+    assert not re.search(r"\b0\.\d+x faster", ex.message)
+    ex.set(G=32)  # MHA itself: compared with MQA only
+    assert ex.message.startswith("G=32 (MHA) of H=32") and "than MHA" not in ex.message
+    assert "about as fast as MQA" in ex.message
+    ex.set(G=1)
+    assert ex.message.startswith("G=1 (MQA) of H=32") and "about as fast as MHA" in ex.message
+
+
+def test_explorer_sliders_report_once_when_released(monkeypatch):
+    calls = []
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
+    ex.widget()
+    c = ex._controls
+    for name in ("G", "context", "batch_size"):
+        assert c[name].continuous_update is False, name  # no value (and no measurement) while dragging
+    n = len(calls)
+    c["context"].value = 2048  # the value a release reports
+    assert len(calls) == n + 1  # measured once
+
+
+def test_explorer_set_after_the_panel_is_shown_moves_every_control(monkeypatch):
+    calls = []
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
+    ex.widget()
+    c = ex._controls
+    n = len(calls)
+    ex.set(preset="Llama 2 70B", G=16, context=4096, batch_size=4, dtype="bfloat16")
+    assert len(calls) == n + 1  # syncing the controls does not re-measure through their observers
+    assert (c["preset"].value, c["G"].value, c["context"].value, c["batch_size"].value, c["dtype"].value) == (
+        "Llama 2 70B", 16, 4096, 4, "bfloat16")
+    assert tuple(c["G"].options) == (1, 2, 4, 8, 16, 32, 64)
+    assert (ex.preset, ex.G, ex.context, ex.batch_size, ex.dtype) == ("Llama 2 70B", 16, 4096, 4, "bfloat16")
+    assert "G=16 of H=64" in c["status"].value  # the status line follows too
+    ex.set(preset="Mistral 7B")  # back to H=32: options shrink, G resets to the model's own
+    assert tuple(c["G"].options) == (1, 2, 4, 8, 16, 32) and c["G"].value == ex.G == 8
 
 
 def test_explorer_shows_refusal_in_the_widget_not_an_exception():

@@ -9,7 +9,9 @@ opened once (the visit below); the tests then check what the visit saw:
   other hosts, and every resource entry and script/link/img URL is checked);
 * every plotly figure drawn: an SVG with a visible trace in every figure div;
 * math typeset by MathJax (an mjx-container in every math element, no TeX errors);
-* every hidden answer (<details>, e.g. sphinx-design dropdowns) opens on click;
+* every <details> opens on click; on chapter pages the answers, <details class="answer">
+  written in markdown cells (plain HTML that renders in Jupyter and Colab too),
+  start hidden (no `open` attribute) and show their content once clicked;
 * on chapter pages, the launch menu opens and its Colab link points at that
   chapter's notebook on the repository and branch in _config.yml;
 * every slider figure changes its plot when the slider is moved;
@@ -221,7 +223,7 @@ def _screenshot(driver, path: Path) -> None:
 
 
 def _open_details(driver) -> list[dict]:
-    """Click the summary of every <details> in document order; record whether it opened."""
+    """Click the summary of every <details> in document order; record its class, whether it started open and opened."""
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
@@ -232,12 +234,15 @@ def _open_details(driver) -> list[dict]:
         if el.id in seen:
             continue
         seen.add(el.id)
-        record = {"index": i, "summary": "", "opened": False, "content_visible": False, "error": ""}
+        record = {"index": i, "classes": [], "summary": "", "initially_open": None, "opened": False,
+                  "content_visible": False, "error": ""}
         try:
+            record["classes"] = (el.get_attribute("class") or "").split()
             summary = el.find_element(By.CSS_SELECTOR, ":scope > summary")
             record["summary"] = " ".join(summary.text.split())[:80]
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", summary)
             was_open = driver.execute_script("return arguments[0].open;", el)
+            record["initially_open"] = bool(was_open)
             clicks = 2 if was_open else 1  # an answer shown by default must still toggle
             for _ in range(clicks):
                 before = driver.execute_script("return arguments[0].open;", el)
@@ -493,7 +498,12 @@ def test_every_hidden_answer_opens_on_click(visits, page):
 @pytest.mark.parametrize("page", CHAPTER_PAGES)
 def test_chapters_have_answers_to_reveal(visits, page):
     visit = visit_of(visits, page)
-    assert any(d["opened"] for d in visit.details), f"{page}: no hidden answer (<details>) on the page"
+    answers = [d for d in visit.details if "answer" in d["classes"]]
+    assert answers, f"{page}: no hidden answer (<details class=\"answer\">) on the page"
+    shown = [d for d in answers if d["initially_open"] is not False]
+    assert not shown, f"{page}: answers shown before any click (an `open` attribute?): " + json.dumps(shown, indent=1)
+    closed = [d for d in answers if d["error"] or not (d["opened"] and d["content_visible"] and d["summary"])]
+    assert not closed, f"{page}: answers that do not open on click: " + json.dumps(closed, indent=1)
 
 
 @pytest.mark.parametrize("page", PAGES)

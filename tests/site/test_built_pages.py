@@ -4,6 +4,7 @@ Run after the build (`make test` does); they fail, not skip, when the build is m
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,12 +43,34 @@ def test_chapter_page_shows_every_figure_it_computed(nb):
     assert page.count("<script src=\"https://cdn.plot.ly") == 0
 
 
+def article(page: str) -> str:
+    """The chapter's own content: the theme's <article class="bd-article"> (the sidebars may hold <details> too)."""
+    match = re.search(r'<article class="bd-article"[^>]*>(.*)</article>', page, re.S)
+    assert match, "no <article class=\"bd-article\"> in the page: did the theme change?"
+    return match.group(1)
+
+
+def answers_in_notebook(nb: Path) -> int:
+    """<details class="answer"> blocks written in the chapter's markdown cells."""
+    cells = json.loads(nb.read_text())["cells"]
+    return sum("".join(c["source"]).count('<details class="answer">') for c in cells if c["cell_type"] == "markdown")
+
+
 @pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_page_has_figures_math_and_hidden_answers(nb):
-    """Every chapter: at least one computed figure, some math, two answers hidden in dropdowns."""
+    """Every chapter: at least one computed figure, some math, two answers hidden in <details class="answer">."""
     page = (HTML / "chapters" / f"{nb.stem}.html").read_text()
     assert page.count(FIGURE_MARKER) >= 1
     assert 'class="math' in page
-    assert page.count("sd-dropdown") >= 2
+    content = article(page)
+    # myst-nb hides code cells tagged hide-input/hide-output in <details class="admonition hide ...">;
+    # every other <details> of the chapter is an answer written in a markdown cell
+    details = [d for d in re.findall(r"<details\b[^>]*>", content) if not re.search(r'class="[^"]*\bhide\b', d)]
+    assert len(details) >= 2, details
+    # class="answer", closed until clicked (no `open` attribute), with its summary
+    assert details == ['<details class="answer">'] * len(details), details
+    assert len(details) == answers_in_notebook(nb)  # each answer the notebook holds reaches the page
+    assert len(re.findall(r'<details class="answer">\s*<summary>[^<]*\S[^<]*</summary>', content)) == len(details)
+    assert "sd-dropdown" not in content  # no sphinx-design dropdowns any more: they do not render in Jupyter/Colab
     assert "Check your understanding" in page
     assert "Summary" in page and "Exercises" in page
