@@ -314,3 +314,22 @@ def test_cli_grid_refuses_a_foreign_checkpoint_before_training(tmp_path, capsys)
     err = capsys.readouterr().err
     assert checkpoint_name(0) in err and "'config'" in err
     assert not (tmp_path / checkpoint_name(1)).exists()  # nothing was pre-trained
+
+
+def test_benchmark_results_ship_as_package_data_too():
+    """gqa_lib/data/benchmarks/*.json (committed GPU results, gqa_lib.bench.reference_results) ship with pip install."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "gqa_lib.data.benchmarks" in setuptools["packages"]
+    globs = setuptools["package-data"]["gqa_lib.data.benchmarks"]
+    assert "*.json" in globs
+    folder = root / "gqa_lib" / "data" / "benchmarks"
+    assert (folder / "README.md").exists()  # says how files get there
+    assert "python -m gqa_lib.bench sweep --device cuda --json gqa_lib/data/benchmarks/" in (folder / "README.md").read_text()
+    results = [p.name for p in folder.iterdir() if p.name != "README.md"]
+    assert all(any(fnmatch.fnmatch(name, g) for g in globs) for name in results), results  # every result ships
