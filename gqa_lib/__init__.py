@@ -5,7 +5,7 @@ decoder-only language model, benchmarks of decoding speed, and the paper's
 recipe in miniature: checkpoint conversion, a toy corpus, uptraining.
 """
 
-from . import plots
+from . import gpu_plan, plots
 from .attention import (
     ATTENTION_IMPLEMENTATIONS,
     GroupedQueryAttention,

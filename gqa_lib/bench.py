@@ -19,9 +19,12 @@ from pathlib import Path
 import torch
 
 from .attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
+from .gpu_plan import transformer_parameters
+from .kv_cache import kv_cache_bytes
 from .model import TransformerConfig, TransformerLM
 from .progress import progress as progress_bar
 from .timing import (
+    available_memory_bytes,
     device_name,
     parse_dtype,
     pick_device,
@@ -100,37 +103,56 @@ def bench_attention_decode(
     groups = divisors(n_heads) if groups is None else groups
     implementations = list(DEFAULT_ATTENTION_IMPLS) if implementations is None else implementations
     _check_groups_and_impls(n_heads, groups, implementations)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    inputs = {}
-    for g in groups:
-        q = torch.randn(batch_size, n_heads, 1, head_dim, generator=gen).to(device, dtype)  # (B, H, 1, D)
-        length = context + spare_positions
-        k = torch.randn(batch_size, g, length, head_dim, generator=gen).to(device, dtype)  # (B, G, Tk + spare, D)
-        v = torch.randn(batch_size, g, length, head_dim, generator=gen).to(device, dtype)
-        inputs[g] = (q, k[:, :, :context], v[:, :, :context])  # (B, G, Tk, D), strided when spare > 0
-    calls = {
-        (g, name): functools.partial(BENCH_IMPLEMENTATIONS[name], *inputs[g], causal=True)
-        for g in groups
-        for name in implementations
-    }
-    with torch.no_grad():
-        best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time)
+    elem = torch.empty((), dtype=dtype).element_size()
+    length = context + spare_positions
+    all_inputs_bytes = sum(batch_size * (n_heads + 2 * g * length) * head_dim * elem for g in groups)
+    # Interleave every (G, implementation) when all inputs fit in half the free memory (a burst of load
+    # then hits every setting alike); otherwise build, time and free one G at a time (a GPU's memory).
+    batches = [list(groups)] if all_inputs_bytes <= available_memory_bytes(device) // 2 else [[g] for g in groups]
+    gen = torch.Generator(device=device).manual_seed(seed)
     rows = []
-    for g, (q, k, v) in inputs.items():
-        kv_bytes = 2 * k.numel() * k.element_size()  # the Tk positions read, not the spare ones
-        for name in implementations:
-            t = best[g, name]
-            rows.append(
-                {
-                    "G": g,
-                    "impl": name,
-                    "ms": t.median_ms,
-                    "iqr_ms": t.iqr_s * 1e3,
-                    "kv_bytes": kv_bytes,
-                    "kv_gbps": kv_bytes / t.median_s / 1e9,
-                }
-            )
+    for batch in batches:
+        inputs = {}
+        for g in batch:
+            q = _random((batch_size, n_heads, 1, head_dim), gen, dtype, device)  # (B, H, 1, D)
+            k = _random((batch_size, g, length, head_dim), gen, dtype, device)  # (B, G, Tk + spare, D)
+            v = _random((batch_size, g, length, head_dim), gen, dtype, device)
+            inputs[g] = (q, k[:, :, :context], v[:, :, :context])  # (B, G, Tk, D), strided when spare > 0
+        calls = {
+            (g, name): functools.partial(BENCH_IMPLEMENTATIONS[name], *inputs[g], causal=True)
+            for g in batch
+            for name in implementations
+        }
+        with torch.no_grad():
+            best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time)
+        for g, (q, k, v) in inputs.items():
+            kv_bytes = 2 * k.numel() * k.element_size()  # the Tk positions read, not the spare ones
+            for name in implementations:
+                t = best[g, name]
+                rows.append(
+                    {
+                        "G": g,
+                        "impl": name,
+                        "ms": t.median_ms,
+                        "iqr_ms": t.iqr_s * 1e3,
+                        "kv_bytes": kv_bytes,
+                        "kv_gbps": kv_bytes / t.median_s / 1e9,
+                    }
+                )
+        del inputs, calls
+        _release_memory(device)
     return rows
+
+
+def _random(shape: tuple, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Standard-normal values drawn directly in ``dtype`` on ``device`` (no full-size fp32 temporary)."""
+    return torch.randn(shape, generator=gen, dtype=dtype, device=device)
+
+
+def _release_memory(device: torch.device) -> None:
+    """Hand freed blocks back to the device (CUDA's caching allocator keeps them otherwise)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def bench_causal_prefill(
@@ -238,38 +260,53 @@ def bench_model_decode(
     Each row has ``ms`` (median milliseconds per decoding step, which makes
     ``batch_size`` tokens), ``tokens_per_s``, and the bytes one step must
     read: ``weight_bytes`` (all parameters) and ``kv_bytes`` (the cache of
-    ``context`` positions, all layers). All settings are built first and timed
-    in turn ``rounds`` times; each row keeps its best median.
+    ``context`` positions, all layers). Settings are timed in turn ``rounds``
+    times and each row keeps its best median: all of them interleaved when
+    every model and cache fits in half the free memory, else one G at a time
+    (what :mod:`gqa_lib.gpu_plan` assumes on a GPU).
     """
     device = pick_device(device)
     dtype = parse_dtype(dtype)
     groups = divisors(n_heads) if groups is None else groups
     implementations = ["grouped"] if implementations is None else implementations
     _check_groups_and_impls(n_heads, groups, implementations)
-    setups = []
-    for g in groups:
-        for name in implementations:
-            config = TransformerConfig(
-                vocab_size=vocab_size, max_seq_len=context + 64, d_model=d_model, n_layers=n_layers,
-                n_heads=n_heads, n_kv_heads=g, d_ff=d_ff, attn_impl=name,
-            )
-            setups.append((g, name, *decode_step_model(config, batch_size, context, dtype, device, seed)))
-    best = time_interleaved({(g, name): step for g, name, _m, _c, step in setups}, rounds, min_run_time)
+    elem = torch.empty((), dtype=dtype).element_size()
+    new_tokens = 64
+    all_bytes = len(implementations) * sum(
+        transformer_parameters(vocab_size, context + new_tokens, d_model, n_layers, n_heads, g, d_ff) * elem
+        + kv_cache_bytes(n_layers, g, d_model // n_heads, context + new_tokens, batch_size, elem)
+        for g in groups
+    )
+    # Interleave every setting when all models and caches fit in half the free memory; otherwise
+    # build, time and free one G at a time (its implementations interleaved), as a GPU needs.
+    batches = [list(groups)] if all_bytes <= available_memory_bytes(device) // 2 else [[g] for g in groups]
     rows = []
-    for g, name, model, cache, _step in setups:
-        t = best[g, name]
-        elem = cache.keys.element_size()
-        rows.append(
-            {
-                "G": g,
-                "impl": name,
-                "ms": t.median_ms,
-                "iqr_ms": t.iqr_s * 1e3,
-                "tokens_per_s": batch_size / t.median_s,
-                "weight_bytes": model.num_parameters() * elem,
-                "kv_bytes": cache.nbytes * context // cache.max_len,  # the filled part, read each step
-            }
-        )
+    for batch in batches:
+        setups = []
+        for g in batch:
+            for name in implementations:
+                config = TransformerConfig(
+                    vocab_size=vocab_size, max_seq_len=context + new_tokens, d_model=d_model, n_layers=n_layers,
+                    n_heads=n_heads, n_kv_heads=g, d_ff=d_ff, attn_impl=name,
+                )
+                setups.append((g, name, *decode_step_model(config, batch_size, context, dtype, device, seed,
+                                                           new_tokens)))
+        best = time_interleaved({(g, name): step for g, name, _m, _c, step in setups}, rounds, min_run_time)
+        for g, name, model, cache, _step in setups:
+            t = best[g, name]
+            rows.append(
+                {
+                    "G": g,
+                    "impl": name,
+                    "ms": t.median_ms,
+                    "iqr_ms": t.iqr_s * 1e3,
+                    "tokens_per_s": batch_size / t.median_s,
+                    "weight_bytes": model.num_parameters() * elem,
+                    "kv_bytes": cache.nbytes * context // cache.max_len,  # the filled part, read each step
+                }
+            )
+        del setups
+        _release_memory(device)
     return rows
 
 

@@ -148,3 +148,23 @@ def test_the_shipped_reference_folder_is_the_package_data_folder():
     assert Path(str(folder)) == Path(bench.__file__).resolve().parent / "data" / "benchmarks"
     assert folder.is_dir() and (Path(str(folder)) / "README.md").exists()
     assert isinstance(bench.reference_results(), list)  # whatever is committed parses as results
+
+
+def test_one_group_at_a_time_when_everything_does_not_fit(monkeypatch):
+    """With little free memory, each G is built, timed and freed alone; the rows are the same."""
+    built = []
+    real = bench._random
+
+    def spy(shape, gen, dtype, device):
+        built.append(shape)
+        return real(shape, gen, dtype, device)
+
+    monkeypatch.setattr(bench, "_random", spy)
+    monkeypatch.setattr(bench, "available_memory_bytes", lambda device: 1)  # nothing fits at once
+    rows = bench.bench_attention_decode(batch_size=1, n_heads=4, head_dim=8, context=16, min_run_time=0.01,
+                                        implementations=["grouped", "sdpa"], rounds=1)
+    assert [(r["G"], r["impl"]) for r in rows] == [(g, i) for g in (1, 2, 4) for i in ("grouped", "sdpa")]
+    assert len(built) == 9  # q, k, v for each of the three G
+    model_rows = bench.bench_model_decode(n_heads=4, d_model=16, n_layers=1, d_ff=16, vocab_size=8, batch_size=1,
+                                          context=8, groups=[1, 4], min_run_time=0.01, rounds=1)
+    assert [r["G"] for r in model_rows] == [1, 4]
