@@ -545,25 +545,6 @@ def _impl_list(text: str) -> list[str]:
     return names
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: one integer >= 1."""
-    values = _positive_int_list(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one integer >= 1, got {text!r}")
-    return values[0]
-
-
 def _device_or_usage_error(args: argparse.Namespace) -> torch.device:
     try:
         return pick_device(args.device)
@@ -653,33 +634,33 @@ def _add_device_and_json(p: argparse.ArgumentParser) -> None:
 def add_peer_commands(subparsers) -> None:
     """Add the ``peers`` and ``prefill`` subcommands to ``python -m gqa_lib.bench``."""
     peers = subparsers.add_parser("peers", help="one decode step of one attention layer: gqa_lib vs transformers")
-    peers.add_argument("--heads", type=_positive_int, default=32, help="query heads H")
-    peers.add_argument("--head-dim", type=_positive_int, default=128, help="D; d_model = H * D")
+    peers.add_argument("--heads", type=bench.positive_int, default=32, help="query heads H")
+    peers.add_argument("--head-dim", type=bench.positive_int, default=128, help="D; d_model = H * D")
     peers.add_argument("--groups", type=_positive_int_list, default=[1, 4, 8, 32], help="comma-separated G values")
     peers.add_argument("--contexts", type=_positive_int_list, default=[2048, 8192], help="cached positions Tk")
     peers.add_argument("--dtypes", type=_dtype_list, default=["float32", "bfloat16"])
-    peers.add_argument("--batch", type=_positive_int, default=4)
+    peers.add_argument("--batch", type=bench.positive_int, default=4)
     peers.add_argument("--impls", type=_impl_list, default=list(PEER_IMPLS), help="implementations to time")
-    peers.add_argument("--new-tokens", type=_positive_int, default=64, help="room left in the caches, as generate()")
-    peers.add_argument("--min-run-time", type=_positive_float, default=0.3, help="seconds of measuring per figure")
-    peers.add_argument("--rounds", type=_positive_int, default=2, help="interleaved rounds; best median kept")
+    peers.add_argument("--new-tokens", type=bench.positive_int, default=64, help="room left in the caches, as generate()")
+    peers.add_argument("--min-run-time", type=bench.positive_float, default=0.3, help="seconds of measuring per figure")
+    peers.add_argument("--rounds", type=bench.positive_int, default=2, help="interleaved rounds; best median kept")
     _add_device_and_json(peers)
     peers.set_defaults(run=_cmd_peers)
 
     pre = subparsers.add_parser("prefill", help="prefill a prompt through a whole model: gqa_lib vs transformers")
-    pre.add_argument("--batch", type=_positive_int, default=4)
-    pre.add_argument("--prompt", type=_positive_int, default=1024, help="prompt tokens")
-    pre.add_argument("--vocab", type=_positive_int, default=32000)
-    pre.add_argument("--d-model", type=_positive_int, default=1024)
-    pre.add_argument("--layers", type=_positive_int, default=4)
-    pre.add_argument("--heads", type=_positive_int, default=16, help="query heads H")
-    pre.add_argument("--kv-heads", type=_positive_int, default=4, help="KV heads G")
-    pre.add_argument("--d-ff", type=_positive_int, default=4096,
+    pre.add_argument("--batch", type=bench.positive_int, default=4)
+    pre.add_argument("--prompt", type=bench.positive_int, default=1024, help="prompt tokens")
+    pre.add_argument("--vocab", type=bench.positive_int, default=32000)
+    pre.add_argument("--d-model", type=bench.positive_int, default=1024)
+    pre.add_argument("--layers", type=bench.positive_int, default=4)
+    pre.add_argument("--heads", type=bench.positive_int, default=16, help="query heads H")
+    pre.add_argument("--kv-heads", type=bench.positive_int, default=4, help="KV heads G")
+    pre.add_argument("--d-ff", type=bench.positive_int, default=4096,
                      help="gqa_lib MLP width; Llama's intermediate_size is matched to its parameter count")
     pre.add_argument("--impls", type=_impl_list, default=list(PREFILL_IMPLS), help="implementations to time")
-    pre.add_argument("--new-tokens", type=_positive_int, default=64, help="room left in the caches, as generate()")
-    pre.add_argument("--min-run-time", type=_positive_float, default=0.5, help="seconds of measuring per figure")
-    pre.add_argument("--rounds", type=_positive_int, default=2, help="interleaved rounds; best median kept")
+    pre.add_argument("--new-tokens", type=bench.positive_int, default=64, help="room left in the caches, as generate()")
+    pre.add_argument("--min-run-time", type=bench.positive_float, default=0.5, help="seconds of measuring per figure")
+    pre.add_argument("--rounds", type=bench.positive_int, default=2, help="interleaved rounds; best median kept")
     pre.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     _add_device_and_json(pre)
     pre.set_defaults(run=_cmd_prefill)
