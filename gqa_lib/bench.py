@@ -448,9 +448,7 @@ def _cmd_attention(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
     if args.spare_positions < 0:
         args.parser.error(f"--spare-positions must be >= 0; got {args.spare_positions}")
-    groups = _int_list(args, "groups", args.groups) if args.groups else None
-    contexts = _int_list(args, "context", args.context)
-    dtypes = _dtype_list(args, args.dtype)
+    groups, contexts, dtypes = args.groups, args.context, args.dtype
     impls = args.impls.split(",")
     threads = timing_threads()
     # measured before every table; the best reading stands for the machine (load only lowers it)
@@ -511,7 +509,7 @@ def _print_model_table(rows: list[dict], out=None) -> None:
 
 def _cmd_model(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    groups = _int_list(args, "groups", args.groups)
+    groups = args.groups
     impls = args.impls.split(",")
     print(
         f"whole-model decode step: H={args.heads} d_model={args.d_model} layers={args.layers} d_ff={args.d_ff} "
@@ -529,7 +527,7 @@ def _cmd_model(args: argparse.Namespace) -> dict:
 
 def _cmd_sweep(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    contexts = _int_list(args, "contexts", args.contexts)
+    contexts = args.contexts
     print(f"decode-attention sweep: B={args.batch} H={args.heads} D={args.head_dim} {args.dtype} on {device_name(device)}")
     rows = sweep_attention_decode(
         contexts=contexts, batch_size=args.batch, n_heads=args.heads, head_dim=args.head_dim, dtype=args.dtype,
@@ -544,7 +542,7 @@ def _cmd_sweep(args: argparse.Namespace) -> dict:
 
 def _cmd_prefill_kernels(args: argparse.Namespace) -> dict:
     device = pick_device(args.device)
-    groups = _int_list(args, "groups", args.groups) if args.groups else None
+    groups = args.groups
     print(f"causal prefill attention: B={args.batch} H={args.heads} D={args.head_dim} T={args.length} "
           f"{args.dtype} on {device_name(device)}; ms per call")
     rows = bench_causal_prefill(
@@ -567,54 +565,50 @@ def _cmd_bandwidth(args: argparse.Namespace) -> dict:
     return {"benchmark": "bandwidth", **_environment(device), "settings": {}, "rows": [{"gbps": gbps}]}
 
 
-def _int_list(args: argparse.Namespace, option: str, text: str) -> list[int]:
-    """'1,4,32' -> [1, 4, 32]; a usage error naming ``--option`` for anything else."""
-    flag = "--" + option.replace("_", "-")
+def _positive(text: str, convert, kind: str):
+    """``convert(text)`` if it is finite and > 0, else an argparse usage error naming the text."""
     try:
-        values = [int(part) for part in str(text).split(",")]
+        value = convert(text)
     except ValueError:
-        values = [0]
-    if any(value < 1 for value in values):
-        args.parser.error(f"{flag} must be comma-separated positive integers; got {text!r}")
-    return values
-
-
-def _dtype_list(args: argparse.Namespace, text: str) -> list[str]:
-    """'float32,bfloat16' -> ['float32', 'bfloat16']; a usage error for unknown names."""
-    names = str(text).split(",")
-    if any(name not in ("float32", "float16", "bfloat16") for name in names):
-        args.parser.error(f"--dtype must be comma-separated names from float32, float16, bfloat16; got {text!r}")
-    return names
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive {kind}; got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+    return _positive(text, int, "integer")
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
-    return value
+    return _positive(text, float, "number")
 
 
-def _add_common(p: argparse.ArgumentParser, dtype: bool = True, dtype_choices: bool = False) -> None:
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: '1,4,32' -> [1, 4, 32], each an integer >= 1."""
+    return [_positive(part, int, "integer") for part in str(text).split(",")]
+
+
+def dtype_list(text: str) -> list[str]:
+    """argparse type: 'float32,bfloat16' -> ['float32', 'bfloat16'], each a name :func:`parse_dtype` accepts."""
+    names = str(text).split(",")
+    for name in names:
+        try:
+            parse_dtype(name)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return names
+
+
+def _add_common(p: argparse.ArgumentParser, dtype: str | None = "float32", dtypes: str | None = None) -> None:
+    """--device, --json, --overwrite; and --dtype: one name (default ``dtype``) or, with ``dtypes``, a list."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu, cuda or auto (CUDA when present)")
-    if dtype and dtype_choices:
-        p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    elif dtype:
-        p.add_argument("--dtype", default="float32", help="comma-separated: float32, float16, bfloat16")
+    if dtypes is not None:
+        p.add_argument("--dtype", type=dtype_list, default=dtypes, help="comma-separated: float32, float16, bfloat16")
+    elif dtype is not None:
+        p.add_argument("--dtype", default=dtype, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
 
@@ -626,16 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--batch", type=positive_int, default=4)
     att.add_argument("--heads", type=positive_int, default=32, help="query heads H")
     att.add_argument("--head-dim", type=positive_int, default=128)
-    att.add_argument("--context", default="2048,8192", help="comma-separated cached positions Tk")
-    att.add_argument("--groups", default=None, help="comma-separated G values (default: every divisor of H)")
+    att.add_argument("--context", type=positive_int_list, default="2048,8192", help="comma-separated cached positions Tk")
+    att.add_argument("--groups", type=positive_int_list, default=None,
+                     help="comma-separated G values (default: every divisor of H)")
     att.add_argument("--impls", default=",".join(DEFAULT_ATTENTION_IMPLS),
                      help=f"comma-separated, from {', '.join(BENCH_IMPLEMENTATIONS)}")
     att.add_argument("--min-run-time", type=positive_float, default=0.3, help="seconds of measuring per figure")
     att.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds (best median kept)")
     att.add_argument("--spare-positions", type=int, default=0,
                      help="read K/V as the first Tk positions of a cache this much longer (what generate() reads)")
-    _add_common(att)
-    att.set_defaults(run=_cmd_attention, dtype="float32,bfloat16")
+    _add_common(att, dtypes="float32,bfloat16")
+    att.set_defaults(run=_cmd_attention)
 
     mod = sub.add_parser("model", help="time one token of generation of a whole TransformerLM for every G")
     mod.add_argument("--heads", type=positive_int, default=32, help="query heads H")
@@ -644,20 +639,20 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--d-ff", type=positive_int, default=2048)
     mod.add_argument("--batch", type=positive_int, default=8)
     mod.add_argument("--context", type=positive_int, default=8192, help="cached positions before the step")
-    mod.add_argument("--groups", default="1,4,32", help="comma-separated G values")
+    mod.add_argument("--groups", type=positive_int_list, default="1,4,32", help="comma-separated G values")
     mod.add_argument("--impls", default="grouped,sdpa,repeat_kv", help="attention implementations")
     mod.add_argument("--min-run-time", type=positive_float, default=0.5)
-    _add_common(mod, dtype_choices=True)
+    _add_common(mod, dtype="bfloat16")
     # bf16, as models are deployed
-    mod.set_defaults(run=_cmd_model, dtype="bfloat16")
+    mod.set_defaults(run=_cmd_model)
 
     swp = sub.add_parser("sweep", help="decode-attention time for every (context, G): data for the book's sliders")
-    swp.add_argument("--contexts", default="256,512,1024,2048,4096,8192")
+    swp.add_argument("--contexts", type=positive_int_list, default="256,512,1024,2048,4096,8192")
     swp.add_argument("--batch", type=positive_int, default=4)
     swp.add_argument("--heads", type=positive_int, default=32)
     swp.add_argument("--head-dim", type=positive_int, default=128)
     swp.add_argument("--min-run-time", type=positive_float, default=0.2)
-    _add_common(swp, dtype_choices=True)
+    _add_common(swp)
     swp.set_defaults(run=_cmd_sweep)
 
     pk = sub.add_parser("prefill-kernels", help="causal prefill attention: the candidate kernels for every G")
@@ -665,14 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("--heads", type=positive_int, default=16, help="query heads H")
     pk.add_argument("--head-dim", type=positive_int, default=64)
     pk.add_argument("--length", type=positive_int, default=1024, help="prompt length T (Tq = Tk)")
-    pk.add_argument("--groups", default=None, help="comma-separated G values (default: 1, 4 and H)")
+    pk.add_argument("--groups", type=positive_int_list, default=None, help="comma-separated G values (default: 1, 4 and H)")
     pk.add_argument("--min-run-time", type=positive_float, default=0.3)
     pk.add_argument("--rounds", type=positive_int, default=2)
-    _add_common(pk, dtype_choices=True)
+    _add_common(pk)
     pk.set_defaults(run=_cmd_prefill_kernels)
 
     bw = sub.add_parser("bandwidth", help="measured streaming-read bandwidth of the device")
-    _add_common(bw, dtype=False)
+    _add_common(bw, dtype=None)
     bw.set_defaults(run=_cmd_bandwidth)
 
     from .peers import add_peer_commands  # `peers` and `prefill`: gqa_lib against Hugging Face transformers

@@ -514,28 +514,6 @@ def format_prefill_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- command line
 
 
-def _positive_int_list(text: str) -> list[int]:
-    """argparse type: '1,4,8' -> [1, 4, 8], each an integer >= 1."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
-
-
-def _dtype_list(text: str) -> list[str]:
-    """argparse type: 'float32,bfloat16' -> ['float32', 'bfloat16'], each a dtype parse_dtype accepts."""
-    names = text.split(",")
-    for name in names:
-        try:
-            parse_dtype(name)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return names
-
-
 def _impl_list(text: str) -> list[str]:
     """argparse type: 'gqa_lib,hf_sdpa_static' -> a list of known implementation names."""
     names = text.split(",")
@@ -625,9 +603,9 @@ def _mlp_line(rows: list[dict], d_ff: int) -> str:
     return "MLP parameters per layer: " + "; ".join(parts)
 
 
-def _add_device_and_json(p: argparse.ArgumentParser) -> None:
-    """bench's shared --device and --json options, and ``args.usage_error`` (exit 2 with the usage)."""
-    bench._add_common(p, dtype=False)
+def _add_device_and_json(p: argparse.ArgumentParser, dtype: str | None = None) -> None:
+    """bench's shared --device, --json (and --dtype) options, and ``args.usage_error`` (exit 2 with the usage)."""
+    bench._add_common(p, dtype=dtype)
     p.set_defaults(usage_error=p.error)
 
 
@@ -636,9 +614,9 @@ def add_peer_commands(subparsers) -> None:
     peers = subparsers.add_parser("peers", help="one decode step of one attention layer: gqa_lib vs transformers")
     peers.add_argument("--heads", type=bench.positive_int, default=32, help="query heads H")
     peers.add_argument("--head-dim", type=bench.positive_int, default=128, help="D; d_model = H * D")
-    peers.add_argument("--groups", type=_positive_int_list, default=[1, 4, 8, 32], help="comma-separated G values")
-    peers.add_argument("--contexts", type=_positive_int_list, default=[2048, 8192], help="cached positions Tk")
-    peers.add_argument("--dtypes", type=_dtype_list, default=["float32", "bfloat16"])
+    peers.add_argument("--groups", type=bench.positive_int_list, default=[1, 4, 8, 32], help="comma-separated G values")
+    peers.add_argument("--contexts", type=bench.positive_int_list, default=[2048, 8192], help="cached positions Tk")
+    peers.add_argument("--dtypes", type=bench.dtype_list, default=["float32", "bfloat16"])
     peers.add_argument("--batch", type=bench.positive_int, default=4)
     peers.add_argument("--impls", type=_impl_list, default=list(PEER_IMPLS), help="implementations to time")
     peers.add_argument("--new-tokens", type=bench.positive_int, default=64, help="room left in the caches, as generate()")
@@ -661,6 +639,5 @@ def add_peer_commands(subparsers) -> None:
     pre.add_argument("--new-tokens", type=bench.positive_int, default=64, help="room left in the caches, as generate()")
     pre.add_argument("--min-run-time", type=bench.positive_float, default=0.5, help="seconds of measuring per figure")
     pre.add_argument("--rounds", type=bench.positive_int, default=2, help="interleaved rounds; best median kept")
-    pre.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    _add_device_and_json(pre)
+    _add_device_and_json(pre, dtype="float32")
     pre.set_defaults(run=_cmd_prefill)
