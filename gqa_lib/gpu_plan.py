@@ -65,6 +65,7 @@ __all__ = [
     "describe_plans",
     "device_plans",
     "element_bytes",
+    "explorer_memory_parts",
     "explorer_peak_bytes",
     "explorer_plan",
     "model_parts",
@@ -535,19 +536,34 @@ def model_plan(
 # ----------------------------------------------------------------------------- the explorer, chapter 1, training
 
 
-def explorer_peak_bytes(
+def explorer_memory_parts(
     batch_size: int, context: int, elem_bytes: int, n_heads: int = 32, head_dim: int = 128,
     spare_positions: int = 64,
-) -> int:
-    """Bytes the DecodeExplorer's timing holds at once (= ``gqa_lib.widgets._memory_needed``).
+) -> dict[str, int]:
+    """Bytes the DecodeExplorer's MHA-sized timing holds at once, by part (its memory guard sums them).
 
-    One MHA-sized K/V over ``context + spare_positions`` positions, the query
-    with a copy and the output, and three fp32 score tensors.
+    * ``"k_v"``: K and V of all H heads over ``context + spare_positions``
+      cache positions (the cache the G heads are sliced from), ``elem_bytes`` each;
+    * ``"q"``: the query, a scaled copy of it and the output, each (B, H, 1, D);
+    * ``"scores"``: the scores of all H heads over ``context`` keys, held at
+      most three times at once in fp32 (scores, the fp32 copy a bf16/fp16
+      softmax takes, the fp32 weights), as the plain matmul path holds them;
+      an upper bound for the fused kernel, which keeps far less.
+
+    For the sizes the explorer offers, K/V are over 95% of the total.
     """
     B, C, e = as_count("batch_size", batch_size), as_count("context", context), as_count("elem_bytes", elem_bytes)
     H, D = as_count("n_heads", n_heads), as_count("head_dim", head_dim)
     spare = as_count("spare_positions", spare_positions, minimum=0)
-    return 2 * B * H * (C + spare) * D * e + 3 * B * H * D * e + 3 * B * H * C * 4
+    return {"k_v": 2 * B * H * (C + spare) * D * e, "q": 3 * B * H * D * e, "scores": 3 * B * H * C * 4}
+
+
+def explorer_peak_bytes(
+    batch_size: int, context: int, elem_bytes: int, n_heads: int = 32, head_dim: int = 128,
+    spare_positions: int = 64,
+) -> int:
+    """Bytes the DecodeExplorer's timing holds at once: the sum of :func:`explorer_memory_parts`."""
+    return sum(explorer_memory_parts(batch_size, context, elem_bytes, n_heads, head_dim, spare_positions).values())
 
 
 def explorer_plan(free_bytes: int, bf16_supported: bool, *, fraction: float = GPU_BUDGET_FRACTION) -> dict:

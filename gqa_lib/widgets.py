@@ -27,7 +27,7 @@ import torch
 from .attention import grouped_attention
 from .bench import divisors
 from .checks import as_count
-from .kv_cache import kv_cache_bytes
+from .gpu_plan import explorer_memory_parts
 from .plots import show
 from .presets import PRESETS, ModelPreset
 from .speed_figures import kv_by_group_figure, time_by_group_figure
@@ -85,25 +85,8 @@ def _element_size(dtype: torch.dtype) -> int:
 def _memory_parts(
     preset: ModelPreset, batch_size: int, context: int, elem: int, spare_positions: int = SPARE_POSITIONS
 ) -> dict[str, int]:
-    """Bytes the MHA-sized timing holds at once, by part (the sum is what the memory guard compares).
-
-    * ``"k_v"``: K and V of all H heads over ``context + spare_positions``
-      cache positions (the cache the G heads are sliced from), in the timed dtype;
-    * ``"q"``: the query, a scaled copy of it and the output, each (B, H, 1, D);
-    * ``"scores"``: the scores of all H heads over ``context`` keys, held at
-      most three times at once in fp32 (scores, the fp32 copy a bf16/fp16
-      softmax takes, the fp32 weights), as the plain matmul path
-      (:func:`~gqa_lib.attention.grouped_matmul_attention`) holds them; an
-      upper bound for the fused kernel, which keeps far less.
-
-    For the sizes the explorer offers, K/V are over 95% of the total.
-    """
-    B, H, D = batch_size, preset.n_heads, preset.head_dim
-    return {
-        "k_v": kv_cache_bytes(1, H, D, context + spare_positions, B, elem),
-        "q": 3 * B * H * D * elem,
-        "scores": 3 * B * H * context * 4,
-    }
+    """Bytes the MHA-sized timing holds at once, by part: :func:`gqa_lib.gpu_plan.explorer_memory_parts`."""
+    return explorer_memory_parts(batch_size, context, elem, preset.n_heads, preset.head_dim, spare_positions)
 
 
 def _memory_needed(
