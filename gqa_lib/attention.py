@@ -21,6 +21,7 @@ from torch import nn
 
 from .checks import as_count
 from .kv_cache import KVCache
+from .rope import apply_rope
 
 __all__ = [
     "grouped_attention",
@@ -260,12 +261,21 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """x: (B, T, d_model) -> (B, T, d_model), causal.
 
-        With a ``cache``, the T new positions' keys and values are appended to
-        layer ``layer`` of the cache and the queries attend to everything
-        cached so far (incremental decoding).
+        ``position_embeddings``: the RoPE (cos, sin) of the T positions, two
+        (T, head_dim) tensors (see :func:`gqa_lib.rope.rope_cos_sin`); queries
+        and keys are rotated by them before attention. None: no positions.
+        With a ``cache``, the T new positions' keys (already rotated) and
+        values are appended to layer ``layer`` of the cache and the queries
+        attend to everything cached so far (incremental decoding).
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -280,6 +290,9 @@ class GroupedQueryAttention(nn.Module):
         # (B, T, G*D) -> (B, T, G, D) -> (B, G, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if position_embeddings is not None:
+            cos, sin = position_embeddings  # (T, D) each
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # the cache stores rotated keys
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, G, Tk, D) with Tk = cached + T
         out = ATTENTION_IMPLEMENTATIONS[self.impl](q, k, v, causal=True)  # (B, H, T, D)

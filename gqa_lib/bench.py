@@ -273,7 +273,7 @@ def bench_model_decode(
     elem = torch.empty((), dtype=dtype).element_size()
     new_tokens = 64
     all_bytes = len(implementations) * sum(
-        transformer_parameters(vocab_size, context + new_tokens, d_model, n_layers, n_heads, g, d_ff) * elem
+        transformer_parameters(vocab_size, d_model, n_layers, n_heads, g, d_ff) * elem
         + kv_cache_bytes(n_layers, g, d_model // n_heads, context + new_tokens, batch_size, elem)
         for g in groups
     )

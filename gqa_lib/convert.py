@@ -10,6 +10,13 @@ projections. Three ways to build it, the paper's recipe and its two ablations:
 * ``"mean"``: the mean of the group's K (and V) projection rows (the paper's recipe);
 * ``"first"``: the first head of each group, the others dropped;
 * ``"random"``: fresh random K/V projections (seeded), like training them from scratch.
+
+Which heads share a group is a choice too. The paper groups heads by index
+(``grouping="contiguous"``). ``grouping="similar"`` first reorders the heads
+of each layer so that heads whose keys and values are most alike on some
+calibration tokens end up in one group; reordering the heads of a multi-head
+layer (their Q, K, V rows and the matching O columns together) leaves the
+model's function exactly unchanged, so only the pooling sees the new order.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from torch import nn
 
 from .attention import GroupedQueryAttention
 from .checks import as_count
+from .head_similarity import head_projections, pooling_distance, similar_head_order
 
-__all__ = ["convert_to_gqa", "pool_heads", "CONVERSION_METHODS"]
+__all__ = ["convert_to_gqa", "pool_heads", "permute_heads", "CONVERSION_METHODS", "GROUPINGS"]
 
 CONVERSION_METHODS = ("mean", "first", "random")
+GROUPINGS = ("contiguous", "similar")
 _INIT_STD = 0.02  # the std TransformerLM initialises linear layers with
 
 
@@ -78,7 +87,41 @@ def _shrunk_linear(old: nn.Linear, n_heads: int, n_groups: int, method: str, gen
     return new
 
 
-def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed: int = 0) -> nn.Module:
+def permute_heads(attn: GroupedQueryAttention, order) -> None:
+    """Reorder the heads of a multi-head layer in place: new head ``i`` is old head ``order[i]``.
+
+    The Q, K and V rows of each head move together with the columns of the
+    output projection that read that head, so the layer computes exactly the
+    same function (the heads are summed by ``o_proj`` in any order). Only
+    a layer with as many KV heads as query heads can be reordered this way.
+    """
+    if not isinstance(attn, GroupedQueryAttention):
+        raise ValueError(f"attn must be a GroupedQueryAttention; got {type(attn).__name__}")
+    H, D = attn.n_heads, attn.head_dim
+    if attn.n_kv_heads != H:
+        raise ValueError(f"only a multi-head layer can have its heads reordered; this one has "
+                         f"n_kv_heads={attn.n_kv_heads} < n_heads={H}")
+    order = [int(h) for h in order]
+    if sorted(order) != list(range(H)):
+        raise ValueError(f"order must be a permutation of 0..{H - 1}; got {order}")
+    rows = torch.tensor(order).repeat_interleave(D) * D + torch.arange(D).repeat(H)  # (H*D,): old row of new row
+    with torch.no_grad():
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            proj.weight.copy_(proj.weight[rows])  # (H*D, d_model): head blocks of rows move
+            if proj.bias is not None:
+                proj.bias.copy_(proj.bias[rows])
+        attn.o_proj.weight.copy_(attn.o_proj.weight[:, rows])  # (d_model, H*D): the matching columns move
+
+
+def convert_to_gqa(
+    model: nn.Module,
+    n_kv_heads: int,
+    method: str = "mean",
+    seed: int = 0,
+    *,
+    grouping: str = "contiguous",
+    calibration: torch.Tensor | None = None,
+) -> nn.Module:
     """A new model whose attention layers have ``n_kv_heads`` KV heads, built from ``model``'s.
 
     ``model`` is a :class:`gqa_lib.TransformerLM` (or any module containing
@@ -91,6 +134,13 @@ def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed
     the K/V projections they replace), and the train/eval mode is kept.
     ``n_kv_heads`` must be an integer that divides G0; ``seed`` an integer
     >= 0. The copy's ``config.n_kv_heads`` is updated when it has one.
+
+    ``grouping="similar"`` (``"mean"`` or ``"first"`` on a multi-head model
+    only) needs ``calibration``, token ids (B, T) that ``model`` can read: in
+    each layer the heads are reordered (:func:`permute_heads`) so that each
+    group holds heads whose K and V outputs on those tokens are closest
+    (:func:`gqa_lib.head_similarity.similar_head_order`), then pooled as usual.
+    The copy records each layer's order as ``attn.head_order``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module (e.g. a TransformerLM); got {type(model).__name__}")
@@ -103,6 +153,20 @@ def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed
         n_kv_heads = as_count("n_kv_heads", n_kv_heads)  # not a plain integer: ValueError naming it
     n_kv_heads = int(n_kv_heads)  # range checked below, with a message naming the valid values
     seed = as_count("seed", seed, minimum=0)
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}; got {grouping!r}")
+    if grouping == "similar":
+        if method == "random":
+            raise ValueError("grouping='similar' pools similar heads; method='random' pools nothing "
+                             "(use grouping='contiguous')")
+        if calibration is None:
+            raise ValueError("grouping='similar' needs calibration token ids (B, T) to compare the heads on")
+        not_mha = [(a.n_heads, a.n_kv_heads) for a in attn_layers if a.n_kv_heads != a.n_heads]
+        if not_mha:
+            raise ValueError(f"grouping='similar' reorders the heads of a multi-head model; this one has "
+                             f"(n_heads, n_kv_heads) = {not_mha[0]}")
+    elif calibration is not None:
+        raise ValueError("calibration tokens are only used with grouping='similar'")
     for attn in attn_layers:
         H, G0 = attn.n_heads, attn.n_kv_heads
         if not 1 <= n_kv_heads <= G0 or G0 % n_kv_heads:
@@ -112,7 +176,14 @@ def convert_to_gqa(model: nn.Module, n_kv_heads: int, method: str = "mean", seed
             )
     generator = torch.Generator().manual_seed(seed)
     new_model = copy.deepcopy(model)
-    for attn in (m for m in new_model.modules() if isinstance(m, GroupedQueryAttention)):
+    new_layers = [m for m in new_model.modules() if isinstance(m, GroupedQueryAttention)]
+    if grouping == "similar":
+        outputs = head_projections(model, calibration)  # one entry per attention layer, in module order
+        for attn, out in zip(new_layers, outputs):
+            order = similar_head_order(pooling_distance(out["k"]) + pooling_distance(out["v"]), n_kv_heads)
+            permute_heads(attn, order)
+            attn.head_order = order
+    for attn in new_layers:
         G0 = attn.n_kv_heads
         attn.k_proj = _shrunk_linear(attn.k_proj, G0, n_kv_heads, method, generator)
         attn.v_proj = _shrunk_linear(attn.v_proj, G0, n_kv_heads, method, generator)

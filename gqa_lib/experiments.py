@@ -1,72 +1,97 @@
 """The book's conversion and uptraining experiments (chapters 6-8), in miniature.
 
-Re-run everything from scratch (pre-training of the original multi-head
-checkpoints, then conversion and uptraining for every G, method and seed)::
+Re-run everything from scratch (about 70 min on a 2-core CPU with ``--jobs 2``)::
 
-    python -m gqa_lib.experiments all                 # writes gqa_lib/data/gqa_toy/
-    python -m gqa_lib.experiments pretrain            # only the checkpoints
-    python -m gqa_lib.experiments grid                # only the conversion/uptraining grid
-    python -m gqa_lib.experiments all --out /tmp/x    # somewhere else
+    python -m gqa_lib.experiments all --jobs 2 --overwrite   # rewrites gqa_lib/data/gqa_toy/
+    python -m gqa_lib.experiments all --jobs 2 --out /tmp/x  # somewhere else
 
-Existing result files are never replaced unless ``--overwrite`` is given.
-``grid`` uptrains the checkpoints found in the output folder; a missing one
-is pre-trained first and saved there as soon as it is trained (so an
-interrupted run keeps it), never replacing a file that is already there.
+``all`` is three steps, each of which can also be run alone:
+
+* ``pretrain``: the multi-head checkpoints, one per seed;
+* ``grid``: every (seed, G, method, grouping) converted and uptrained, evaluated at every alpha
+  (pre-trains a missing checkpoint first);
+* ``baselines``: the small-KV models trained from scratch, for the same total
+  compute as pre-training plus uptraining, and for the uptraining compute alone.
+
+Every run writes its own file as soon as it finishes (checkpoints in the
+output folder, run results in its ``runs/`` folder), and a run whose file
+exists is skipped: an interrupted re-run continues where it stopped when the
+same command is given again (without ``--overwrite``). When every run is
+done the results are gathered into ``grid.json``. ``--overwrite`` deletes the
+chosen steps' files and ``grid.json`` first; without it the command refuses
+to touch a folder whose ``grid.json`` already exists. ``--jobs N`` runs N
+worker processes (``--threads`` each) that claim runs one at a time.
 
 The chapters load the committed results (``gqa_lib/data/gqa_toy/``:
 ``pretrained_seed{S}.safetensors`` and ``grid.json``, package data, so a
-``pip install`` from the repository brings them), recompute cheap points live
-to check that the files still match the code, and fall back to computing
-(into their cache folder) when a file is missing.
+``pip install`` from the repository brings them) and recompute cheap points
+live to check that the files still match the code.
 
-Checkpoints are stored with safetensors only (tensors plus a JSON string
-of the model configuration in the file's metadata); nothing is unpickled.
+Checkpoints are stored with safetensors only (tensors plus a JSON string of
+the model configuration in the file's metadata); nothing is unpickled. The
+pre-trained checkpoints are stored in float16 and the experiments use exactly
+the stored weights (the model is rounded to float16 before it is evaluated
+and saved).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .checks import as_count, as_non_negative_float
-from .convert import CONVERSION_METHODS, convert_to_gqa
+from .convert import CONVERSION_METHODS, GROUPINGS, convert_to_gqa
 from .corpus import CorpusConfig, ToyCorpus, make_corpus
 from .model import TransformerConfig, TransformerLM
 from .progress import progress as progress_bar
-from .train import TrainRecipe, alpha_to_steps, evaluate, pretrain, uptrain
+from .train import TrainRecipe, TrainResult, alpha_to_steps, evaluate, train, uptrain
 
 __all__ = [
     "ExperimentSetup",
     "SETUP",
     "DATA_DIR",
+    "Job",
+    "jobs_for",
     "save_checkpoint",
     "load_checkpoint",
+    "checkpoint_metadata",
     "load_or_pretrain",
     "pretrain_and_save",
     "checkpoint_name",
+    "calibration_tokens",
     "run_point",
-    "run_grid",
+    "train_from_scratch",
+    "work_through",
+    "assemble",
     "load_or_run_grid",
     "grid_table",
     "find_run",
+    "find_baseline",
     "seed_stats",
+    "paired_differences",
     "main",
 ]
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "gqa_toy"
 """Committed results, shipped inside the package so that ``pip install`` (Colab) brings them too."""
 GRID_FILE = "grid.json"
+RUNS_DIR = "runs"  # one JSON file per finished run (not shipped: grid.json gathers them)
+CLAIMS_DIR = ".claims"  # inside RUNS_DIR: which worker is running which run
+SCRATCH_BUDGETS = ("matched", "extra")  # (1 + alpha) x pre-training steps, and alpha x pre-training steps
+STEPS = ("pretrain", "grid", "baselines")
 
 
 @dataclass(frozen=True)
 class ExperimentSetup:
-    """Everything that defines the experiments: corpus, model, recipe, and the grid to run."""
+    """Everything that defines the experiments: corpus, model, recipe, and the runs to make."""
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     corpus_seed: int = 0
@@ -74,19 +99,24 @@ class ExperimentSetup:
         default_factory=lambda: TransformerConfig(
             vocab_size=CorpusConfig().vocab_size,
             max_seq_len=CorpusConfig().seq_len,
-            d_model=32,
+            d_model=128,
             n_layers=2,
             n_heads=8,
             n_kv_heads=8,
-            d_ff=128,
+            d_ff=344,
             attn_impl="grouped",
         )
     )
-    recipe: TrainRecipe = field(default_factory=TrainRecipe)
-    seeds: tuple[int, ...] = (0, 1, 2)  # pre-training seed = uptraining seed = random-init seed
+    recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(pretrain_steps=4000))
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # pre-training seed = uptraining seed = random-init seed
     groups: tuple[int, ...] = (1, 2, 4, 8)  # G values converted to (8 = H: the multi-head model itself)
     methods: tuple[str, ...] = ("mean", "first", "random")
-    alphas: tuple[float, ...] = (0.0, 0.01, 0.025, 0.05, 0.1)  # uptraining fractions evaluated
+    groupings: tuple[str, ...] = ("contiguous", "similar")
+    alphas: tuple[float, ...] = (0.0, 0.01, 0.025, 0.05)  # uptraining fractions evaluated
+    n_calibration: int = 256  # training sequences on which grouping="similar" compares heads
+    scratch_groups: tuple[int, ...] = (1, 2)  # G values also trained from scratch (baselines)
+    scratch_seeds: tuple[int, ...] = (0, 1, 2)
+    scratch_alpha: float = 0.05  # the uptraining fraction the baselines' budgets are matched to
 
     def __post_init__(self) -> None:
         """Check every field (ValueError naming it) before hours of training can fail on it; store tuples."""
@@ -94,49 +124,59 @@ class ExperimentSetup:
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}; got {type(getattr(self, name)).__name__}")
         object.__setattr__(self, "corpus_seed", as_count("corpus_seed", self.corpus_seed, minimum=0))
-        seeds = _checked_tuple("seeds", self.seeds, lambda v: as_count("seeds entry", v, minimum=0))
-        groups = _checked_tuple("groups", self.groups, lambda v: as_count("groups entry", v))
-        methods = _checked_tuple("methods", self.methods, _checked_method)
-        alphas = _checked_tuple("alphas", self.alphas, lambda v: as_non_negative_float("alphas entry", v), unique=False)
-        G0 = self.model.n_kv_heads
-        bad = [G for G in groups if G0 % G]
-        if bad:
-            raise ValueError(f"groups {bad} do not divide the model's n_kv_heads={G0}")
+        object.__setattr__(self, "n_calibration", as_count("n_calibration", self.n_calibration))
+        object.__setattr__(self, "scratch_alpha", as_non_negative_float("scratch_alpha", self.scratch_alpha))
+        count = lambda name, minimum: (lambda v: as_count(f"{name} entry", v, minimum=minimum))  # noqa: E731
+        checked = {
+            "seeds": _checked_tuple("seeds", self.seeds, count("seeds", 0)),
+            "groups": _checked_tuple("groups", self.groups, count("groups", 1)),
+            "methods": _checked_tuple("methods", self.methods, lambda v: _checked_choice("methods", v, CONVERSION_METHODS)),
+            "groupings": _checked_tuple("groupings", self.groupings, lambda v: _checked_choice("groupings", v, GROUPINGS)),
+            "alphas": _checked_tuple("alphas", self.alphas, lambda v: as_non_negative_float("alphas entry", v), unique=False),
+            "scratch_groups": _checked_tuple("scratch_groups", self.scratch_groups, count("scratch_groups", 1), empty_ok=True),
+            "scratch_seeds": _checked_tuple("scratch_seeds", self.scratch_seeds, count("scratch_seeds", 0), empty_ok=True),
+        }
+        H = self.model.n_heads
+        if self.model.n_kv_heads != H:
+            raise ValueError(f"the experiments convert a multi-head model; model has n_kv_heads={self.model.n_kv_heads} != n_heads={H}")
+        for name in ("groups", "scratch_groups"):
+            bad = [G for G in checked[name] if H % G]
+            if bad:
+                raise ValueError(f"{name} {bad} do not divide the model's n_heads={H}")
         if self.model.vocab_size < self.corpus.vocab_size:
             raise ValueError(f"model vocab_size={self.model.vocab_size} < corpus vocab_size={self.corpus.vocab_size}")
         if self.model.max_seq_len < self.corpus.seq_len:
             raise ValueError(f"model max_seq_len={self.model.max_seq_len} < corpus seq_len={self.corpus.seq_len}")
-        for name, value in (("seeds", seeds), ("groups", groups), ("methods", methods), ("alphas", alphas)):
+        if self.n_calibration > self.corpus.n_train:
+            raise ValueError(f"n_calibration={self.n_calibration} exceeds the corpus's n_train={self.corpus.n_train}")
+        for name, value in checked.items():
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
-        return {
-            "corpus": asdict(self.corpus),
-            "corpus_seed": self.corpus_seed,
-            "model": asdict(self.model),
-            "recipe": asdict(self.recipe),
-            "seeds": list(self.seeds),
-            "groups": list(self.groups),
-            "methods": list(self.methods),
-            "alphas": list(self.alphas),
-        }
+        d = {"corpus": asdict(self.corpus), "corpus_seed": self.corpus_seed, "model": asdict(self.model),
+             "recipe": asdict(self.recipe)}
+        for name in ("seeds", "groups", "methods", "groupings", "alphas", "scratch_groups", "scratch_seeds"):
+            d[name] = list(getattr(self, name))
+        d["n_calibration"] = self.n_calibration
+        d["scratch_alpha"] = self.scratch_alpha
+        return d
 
     def make_corpus(self) -> ToyCorpus:
         return make_corpus(self.corpus_seed, self.corpus)
 
 
-def _checked_method(method) -> str:
-    if method not in CONVERSION_METHODS:
-        raise ValueError(f"methods entry must be one of {CONVERSION_METHODS}; got {method!r}")
-    return method
+def _checked_choice(name: str, value, choices: tuple) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} entry must be one of {choices}; got {value!r}")
+    return value
 
 
-def _checked_tuple(name: str, values, check, unique: bool = True) -> tuple:
-    """``values`` as a non-empty tuple of ``check(v)``; ValueError naming ``name`` if empty, not a sequence or repeated."""
+def _checked_tuple(name: str, values, check, unique: bool = True, empty_ok: bool = False) -> tuple:
+    """``values`` as a tuple of ``check(v)``; ValueError naming ``name`` if empty, not a sequence or repeated."""
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a non-empty tuple; got {values!r}")
+        raise ValueError(f"{name} must be a tuple; got {values!r}")
     checked = tuple(check(v) for v in values)
-    if not checked:
+    if not checked and not empty_ok:
         raise ValueError(f"{name} must be a non-empty tuple; got {values!r}")
     if unique and len(set(checked)) != len(checked):
         raise ValueError(f"{name} must not repeat a value; got {values!r}")
@@ -149,10 +189,17 @@ SETUP = ExperimentSetup()
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model: TransformerLM, path: str | Path, metadata: dict | None = None) -> None:
-    """Write ``model`` to ``path`` as safetensors; its config (and ``metadata``) go in the header as JSON."""
+def save_checkpoint(
+    model: TransformerLM, path: str | Path, metadata: dict | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """Write ``model`` to ``path`` as safetensors; its config (and ``metadata``) go in the header as JSON.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the tensors in that dtype; default: as they are.
+    """
     if not isinstance(getattr(model, "config", None), TransformerConfig):
         raise ValueError(f"model must be a TransformerLM (with a TransformerConfig); got {type(model).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype or None; got {dtype!r}")
     try:
         meta = json.dumps(metadata or {})
     except (TypeError, ValueError) as e:
@@ -160,8 +207,24 @@ def save_checkpoint(model: TransformerLM, path: str | Path, metadata: dict | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"config": json.dumps(asdict(model.config)), "metadata": meta}
+    tensors = _storable_tensors(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=header)
+    partial.replace(path)  # a file at ``path`` is always complete, even if interrupted
+
+
+def _storable_tensors(model: TransformerLM) -> dict[str, torch.Tensor]:
+    """The state dict as safetensors can store it: CPU, contiguous, a tied ``lm_head.weight`` left out.
+
+    A tied output head is the embedding matrix itself (safetensors refuses two
+    names for one storage); Hugging Face's tied checkpoints leave it out too.
+    """
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=header)
+    if model.config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    return tensors
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerLM, dict]:
@@ -196,6 +259,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: the metadata of the checkpoint is not a valid gqa_lib header ({e})") from None
     model = TransformerLM(config)
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in tensors:
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # the tied head: one matrix
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
@@ -208,6 +273,18 @@ def checkpoint_name(seed: int) -> str:
     return f"pretrained_seed{as_count('seed', seed, minimum=0)}.safetensors"
 
 
+def checkpoint_metadata(path: str | Path) -> dict:
+    """The metadata dict stored with a checkpoint, read from its header only (no tensors loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header.get("metadata", "{}"))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise ValueError(f"{path}: cannot read checkpoint metadata ({e})") from None
+
+
 def _first_existing(name: str, *folders: str | Path | None) -> Path | None:
     """``folder/name`` for the first folder (None skipped) that holds ``name``; None if none does."""
     for folder in folders:
@@ -216,15 +293,64 @@ def _first_existing(name: str, *folders: str | Path | None) -> Path | None:
     return None
 
 
+# ----------------------------------------------------------------------------- single runs
+
+
+def _rounded(d: dict, digits: int = 5) -> dict:
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def _trace(result: TrainResult, points: int = 200) -> dict:
+    """Training loss and gradient norm of every step, binned to at most ``points`` bins of ``bin`` steps.
+
+    Keeps per bin the mean and the largest loss and the largest gradient norm
+    (before clipping), so a one-step spike survives the binning.
+    """
+    n = len(result.train_losses)
+    size = max(1, -(-n // points))  # steps per bin (ceil)
+    bins = [range(i, min(i + size, n)) for i in range(0, n, size)]
+    return {
+        "bin": size,
+        "loss_mean": [round(sum(result.train_losses[j] for j in b) / len(b), 4) for b in bins],
+        "loss_max": [round(max(result.train_losses[j] for j in b), 4) for b in bins],
+        "grad_norm_max": [round(max(result.grad_norms[j] for j in b), 4) for b in bins],
+    }
+
+
+def _round_to_float16(model: TransformerLM) -> None:
+    """Round every weight to float16 precision in place (what a float16 checkpoint stores)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.float16).to(p.dtype))
+
+
 def pretrain_and_save(
     seed: int, setup: ExperimentSetup, corpus: ToyCorpus, folder: str | Path | None, progress: bool = True,
 ) -> TransformerLM:
-    """Pre-train the multi-head model of ``seed``; save it (with its held-out metrics) into ``folder`` if given."""
-    model, _ = pretrain(setup.model, corpus, setup.recipe, seed=seed, progress=progress)
+    """Pre-train the multi-head model of ``seed``, rounded to float16; save it (with its metrics) into ``folder``.
+
+    The weights are initialised with ``torch.manual_seed(seed)`` and the
+    batches drawn in the order of ``seed``.
+    """
+    seed = as_count("seed", seed, minimum=0)
+    start = time.perf_counter()
+    P = setup.recipe.pretrain_steps
+    torch.manual_seed(seed)
+    model = TransformerLM(setup.model)
+    result = train(model, corpus, P, setup.recipe, data_seed=seed, eval_steps=sorted({0, P // 4, P // 2, 3 * P // 4, P}),
+                   progress=progress, desc=f"pre-training (seed {seed})")
+    _round_to_float16(model)
     if folder is not None:
-        final = _rounded(evaluate(model, corpus))
-        save_checkpoint(model, Path(folder) / checkpoint_name(seed), metadata={"seed": seed, "final": final})
-    return model
+        metadata = {
+            "seed": seed,
+            "final": _rounded(evaluate(model, corpus)),  # of the stored (float16-rounded) weights
+            "evals": [_rounded(e) for e in result.evals],
+            "trace": _trace(result),
+            "seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
+        }
+        save_checkpoint(model, Path(folder) / checkpoint_name(seed), metadata=metadata, dtype=torch.float16)
+    return model.eval()
 
 
 def load_or_pretrain(
@@ -248,11 +374,9 @@ def load_or_pretrain(
     return pretrain_and_save(seed, setup, corpus or setup.make_corpus(), cache_dir, progress)
 
 
-# ----------------------------------------------------------------------------- the grid
-
-
-def _rounded(d: dict, digits: int = 5) -> dict:
-    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in d.items()}
+def calibration_tokens(corpus: ToyCorpus, setup: ExperimentSetup = SETUP) -> torch.Tensor:
+    """The training sequences grouping="similar" compares heads on: the first ``setup.n_calibration``, (N, T)."""
+    return corpus.split("train")[0][: setup.n_calibration]
 
 
 def run_point(
@@ -263,19 +387,22 @@ def run_point(
     seed: int,
     max_alpha: float,
     setup: ExperimentSetup = SETUP,
+    grouping: str = "contiguous",
     progress: bool = True,
-) -> list[dict]:
-    """Convert ``model`` to ``n_kv_heads`` KV heads by ``method``, uptrain to ``max_alpha``; held-out metrics per alpha.
+) -> dict:
+    """Convert ``model`` to ``n_kv_heads`` KV heads by ``method`` and ``grouping``, uptrain to ``max_alpha``.
 
-    Evaluations are taken at every alpha of ``setup.alphas`` up to ``max_alpha``
-    (finite, >= 0), one dict per alpha in the order of ``setup.alphas``, each
-    labelled with exactly that alpha (its ``step`` says how many steps it
-    is). Alphas that round to the same number of steps share one evaluation:
-    each gets its own copy, with its own alpha. The random initialisation and
-    the batch order are seeded with ``seed``.
+    Returns ``{"evals": [...], "trace": {...}, "head_order": [...]}``: held-out
+    metrics at every alpha of ``setup.alphas`` up to ``max_alpha`` (finite,
+    >= 0), one dict per alpha in the order of ``setup.alphas``, each labelled
+    with exactly that alpha (alphas that round to the same number of steps
+    share one evaluation); the binned training trace (:func:`_trace`); and,
+    for ``grouping="similar"``, each layer's head order (else None). The
+    random initialisation and the batch order are seeded with ``seed``.
     """
     max_alpha = as_non_negative_float("max_alpha", max_alpha)
-    converted = convert_to_gqa(model, n_kv_heads, method=method, seed=seed)
+    calibration = calibration_tokens(corpus, setup) if grouping == "similar" else None
+    converted = convert_to_gqa(model, n_kv_heads, method=method, seed=seed, grouping=grouping, calibration=calibration)
     alphas = [a for a in setup.alphas if a <= max_alpha + 1e-12]
     result = uptrain(
         converted,
@@ -285,46 +412,213 @@ def run_point(
         data_seed=10_000 + seed,
         eval_alphas=alphas,
         progress=progress,
-        desc=f"G={n_kv_heads} {method} seed {seed}",
+        desc=f"G={n_kv_heads} {method} {grouping} seed {seed}",
     )
     by_step = {e["step"]: e for e in result.evals}  # one evaluation per distinct step, in step order
     evals = [by_step[alpha_to_steps(a, setup.recipe)] for a in alphas]
-    return [_rounded({"alpha": a, **{k: v for k, v in e.items() if k != "alpha"}}) for a, e in zip(alphas, evals)]
+    orders = [getattr(layer.self_attn, "head_order", None) for layer in converted.layers]
+    return {
+        "evals": [_rounded({"alpha": a, **{k: v for k, v in e.items() if k != "alpha"}}) for a, e in zip(alphas, evals)],
+        "trace": _trace(result),
+        "head_order": orders if grouping == "similar" else None,
+    }
 
 
-def run_grid(
-    setup: ExperimentSetup = SETUP,
-    data_dir: str | Path | None = DATA_DIR,
-    cache_dir: str | Path | None = None,
+def train_from_scratch(
+    n_kv_heads: int, budget: str, seed: int, setup: ExperimentSetup = SETUP, corpus: ToyCorpus | None = None,
     progress: bool = True,
 ) -> dict:
-    """Every (G, method, seed) of ``setup``, uptrained to the largest alpha, evaluated at every alpha.
+    """Train a model with ``n_kv_heads`` KV heads from a random initialisation: the paper's alternative to uptraining.
 
-    G equal to the number of query heads is the multi-head model itself
-    (run with "mean", which is then an exact copy, as the MHA baseline).
+    ``budget="matched"`` trains (1 + scratch_alpha) x pre-training steps (the
+    compute of pre-training the multi-head model and uptraining it);
+    ``"extra"`` trains scratch_alpha x pre-training steps (the uptraining
+    compute alone). Same recipe and schedule as pre-training; the weights are
+    initialised with ``torch.manual_seed(seed)`` and the batches come in the
+    order of the multi-head model of the same seed (a paired comparison).
+    Returns ``{"steps", "evals", "trace"}``.
     """
-    corpus = setup.make_corpus()
-    runs = []
-    jobs = []
-    for seed in setup.seeds:
-        for G in setup.groups:
-            for method in setup.methods:
-                if G == setup.model.n_heads and method != "mean":
-                    continue
-                jobs.append((seed, G, method, max(setup.alphas)))
+    if budget not in SCRATCH_BUDGETS:
+        raise ValueError(f"budget must be one of {SCRATCH_BUDGETS}; got {budget!r}")
+    corpus = corpus or setup.make_corpus()
+    P, extra = setup.recipe.pretrain_steps, alpha_to_steps(setup.scratch_alpha, setup.recipe)
+    steps = P + extra if budget == "matched" else extra
+    eval_steps = sorted({P // 4, P // 2, 3 * P // 4, P, steps} if budget == "matched" else {steps // 2, steps})
+    torch.manual_seed(as_count("seed", seed, minimum=0))
+    model = TransformerLM(replace(setup.model, n_kv_heads=n_kv_heads))
+    result = train(model, corpus, steps, setup.recipe, data_seed=seed, eval_steps=eval_steps, progress=progress,
+                   desc=f"G={n_kv_heads} from scratch ({budget}) seed {seed}")
+    return {"steps": steps, "evals": [_rounded(e) for e in result.evals], "trace": _trace(result)}
+
+
+# ----------------------------------------------------------------------------- jobs: resumable, in parallel
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the experiments, with the file it writes when it is done."""
+
+    kind: str  # "pretrain", "uptrain" or "scratch"
+    seed: int
+    G: int = 0
+    method: str = ""  # uptrain: mean, first or random
+    grouping: str = ""  # uptrain: contiguous or similar
+    budget: str = ""  # scratch: matched or extra
+
+    @property
+    def file(self) -> str:
+        """Where the result goes, relative to the output folder."""
+        if self.kind == "pretrain":
+            return checkpoint_name(self.seed)
+        if self.kind == "uptrain":
+            return f"{RUNS_DIR}/uptrain_G{self.G}_{self.method}_{self.grouping}_seed{self.seed}.json"
+        return f"{RUNS_DIR}/scratch_G{self.G}_{self.budget}_seed{self.seed}.json"
+
+    @property
+    def needs(self) -> str | None:
+        """The file this job reads (an uptraining run needs its pre-trained checkpoint)."""
+        return checkpoint_name(self.seed) if self.kind == "uptrain" else None
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).stem
+
+
+def jobs_for(step: str, setup: ExperimentSetup = SETUP) -> list[Job]:
+    """The runs of one step (``pretrain``, ``grid``, ``baselines``, or ``all`` of them), longest-waiting first."""
+    if step == "all":
+        return [job for s in ("pretrain", "baselines", "grid") for job in jobs_for(s, setup)]  # long runs first
+    if step == "pretrain":
+        return [Job("pretrain", seed) for seed in setup.seeds]
+    if step == "grid":
+        H, jobs = setup.model.n_heads, []
+        for seed in setup.seeds:
+            for G in setup.groups:
+                for method in setup.methods:
+                    for grouping in setup.groupings:
+                        if G == H and (method, grouping) != ("mean", "contiguous"):
+                            continue  # G = H is the multi-head model itself: one run, an exact copy
+                        if grouping == "similar" and method == "random":
+                            continue  # random K/V pool nothing
+                        jobs.append(Job("uptrain", seed, G, method, grouping))
+        return jobs
+    if step == "baselines":
+        return [Job("scratch", seed, G, budget=budget)
+                for budget in SCRATCH_BUDGETS for seed in setup.scratch_seeds for G in setup.scratch_groups]
+    raise ValueError(f"step must be one of {(*STEPS, 'all')}; got {step!r}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` completely or not at all (a partial file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
+
+
+def run_job(job: Job, setup: ExperimentSetup, corpus: ToyCorpus, out: Path, progress: bool = True) -> None:
+    """Run one job and write its file into ``out``."""
     start = time.perf_counter()
-    models = {}
-    for seed, G, method, max_alpha in progress_bar(jobs, "conversion grid", enabled=progress):
-        if seed not in models:
-            models[seed] = load_or_pretrain(seed, setup, data_dir, cache_dir, corpus, progress)
-        evals = run_point(models[seed], corpus, G, method, seed, max_alpha, setup, progress=progress)
-        runs.append({"G": G, "method": method, "seed": seed, "evals": evals})
-    return {
-        "setup": setup.to_dict(),
-        "torch": torch.__version__,
-        "seconds": round(time.perf_counter() - start, 1),
-        "runs": runs,
+    if job.kind == "pretrain":
+        pretrain_and_save(job.seed, setup, corpus, out, progress)
+        return
+    if job.kind == "uptrain":
+        model, _ = load_checkpoint(out / job.needs)
+        if model.config != setup.model:
+            raise ValueError(f"{out / job.needs} has config {model.config}, the experiments need {setup.model}")
+        result = run_point(model, corpus, job.G, job.method, job.seed, max(setup.alphas), setup, job.grouping, progress)
+        key = {"G": job.G, "method": job.method, "grouping": job.grouping, "seed": job.seed}
+    else:
+        result = train_from_scratch(job.G, job.budget, job.seed, setup, corpus, progress)
+        key = {"G": job.G, "budget": job.budget, "seed": job.seed}
+    seconds = round(time.perf_counter() - start, 1)
+    _write_json(out / job.file, {**key, **result, "seconds": seconds, "threads": torch.get_num_threads()})
+
+
+def _claim(out: Path, job: Job) -> bool:
+    """Take ``job`` for this process (False if another worker holds it): an exclusively created lock file."""
+    claims = out / RUNS_DIR / CLAIMS_DIR
+    claims.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claims / f"{job.name}.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _release(out: Path, job: Job) -> None:
+    (out / RUNS_DIR / CLAIMS_DIR / f"{job.name}.lock").unlink(missing_ok=True)
+
+
+def work_through(
+    jobs: list[Job], setup: ExperimentSetup, out: str | Path, progress: bool = True, poll_seconds: float = 2.0,
+    log=None,
+) -> int:
+    """Run every job of ``jobs`` whose file is missing from ``out``, skipping those another worker has claimed.
+
+    Jobs whose input (a checkpoint) is not there yet wait for it; returns the
+    number of jobs this call ran. Several processes may work through the
+    same list at once: each job is claimed with a lock file before it runs.
+    """
+    out = Path(out)
+    produced = {j.file for j in jobs}
+    orphans = sorted({j.needs for j in jobs if j.needs and j.needs not in produced and not (out / j.needs).exists()})
+    if orphans:
+        raise ValueError(f"{out} lacks {', '.join(orphans)}, which no job of this list makes; run the pretrain step")
+    corpus = setup.make_corpus()
+    ran = 0
+    while True:
+        waiting = False
+        for job in jobs:
+            if (out / job.file).exists():
+                continue
+            if job.needs and not (out / job.needs).exists():
+                waiting = True
+                continue
+            if not _claim(out, job):
+                continue
+            try:
+                if not (out / job.file).exists():  # done by another worker between the check and the claim
+                    t = time.perf_counter()
+                    run_job(job, setup, corpus, out, progress)
+                    ran += 1
+                    if log:
+                        log(f"{job.name} done in {time.perf_counter() - t:.0f} s")
+            finally:
+                _release(out, job)
+            break  # rescan from the top: earlier jobs may have become ready
+        else:
+            pending = [j for j in jobs if not (out / j.file).exists()]
+            if not pending:
+                return ran
+            if not waiting and all((out / RUNS_DIR / CLAIMS_DIR / f"{j.name}.lock").exists() for j in pending):
+                return ran  # everything left is running in other workers
+            time.sleep(poll_seconds)
+
+
+# ----------------------------------------------------------------------------- gathered results
+
+
+def assemble(setup: ExperimentSetup, out: str | Path) -> dict:
+    """Gather every run's file in ``out`` into one results dict (what ``grid.json`` holds).
+
+    ValueError naming the missing files if some run has not finished.
+    """
+    out = Path(out)
+    jobs = jobs_for("all", setup)
+    missing = [j.file for j in jobs if not (out / j.file).exists()]
+    if missing:
+        raise ValueError(f"{len(missing)} runs are not finished in {out}, e.g. {missing[:3]}; re-run to resume")
+    pretraining = [{"seed": j.seed, **checkpoint_metadata(out / j.file)} for j in jobs if j.kind == "pretrain"]
+    runs = [json.loads((out / j.file).read_text()) for j in jobs if j.kind == "uptrain"]
+    baselines = [json.loads((out / j.file).read_text()) for j in jobs if j.kind == "scratch"]
+    seconds = {
+        "pretrain": round(sum(p["seconds"] for p in pretraining), 1),
+        "grid": round(sum(r["seconds"] for r in runs), 1),
+        "baselines": round(sum(b["seconds"] for b in baselines), 1),
     }
+    return {"setup": setup.to_dict(), "torch": torch.__version__, "run_seconds": seconds,
+            "pretraining": pretraining, "runs": runs, "baselines": baselines}
 
 
 def load_or_run_grid(
@@ -333,7 +627,10 @@ def load_or_run_grid(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """The grid results: ``data_dir/grid.json``, else ``cache_dir/grid.json``, else computed now (and cached)."""
+    """The results: ``data_dir/grid.json``, else ``cache_dir/grid.json``, else computed now into ``cache_dir``.
+
+    Computing them takes more than an hour on a CPU (see the module docstring).
+    """
     path = _first_existing(GRID_FILE, data_dir, cache_dir)
     if path is not None:
         try:
@@ -345,112 +642,180 @@ def load_or_run_grid(
         if results["setup"] != json.loads(json.dumps(setup.to_dict())):
             raise ValueError(f"{path} was computed with a different setup; re-run the experiments")
         return results
-    results = run_grid(setup, data_dir, cache_dir, progress)
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cache_dir) / GRID_FILE).write_text(json.dumps(results))
+    if cache_dir is None:
+        raise ValueError("no grid.json in data_dir and no cache_dir to compute one into")
+    cache_dir = Path(cache_dir)
+    work_through(jobs_for("all", setup), setup, cache_dir, progress)
+    results = assemble(setup, cache_dir)
+    _write_json(cache_dir / GRID_FILE, results)
     return results
 
 
 def grid_table(results: dict) -> list[dict]:
-    """Flatten grid results to rows: G, method, seed, alpha, loss, recall_acc, ..."""
+    """Flatten the uptraining runs to rows: G, method, grouping, seed, alpha, loss, recall_acc, ..."""
     rows = []
     for run in results["runs"]:
         for e in run["evals"]:
-            rows.append({"G": run["G"], "method": run["method"], "seed": run["seed"], **e})
+            rows.append({"G": run["G"], "method": run["method"], "grouping": run["grouping"], "seed": run["seed"], **e})
     return rows
 
 
-def find_run(results: dict, n_kv_heads: int, method: str, seed: int) -> list[dict]:
-    """The evaluations (one dict per alpha) of one run of the grid."""
+def find_run(results: dict, n_kv_heads: int, method: str, seed: int, grouping: str = "contiguous") -> list[dict]:
+    """The evaluations (one dict per alpha) of one uptraining run."""
     for run in results["runs"]:
-        if (run["G"], run["method"], run["seed"]) == (n_kv_heads, method, seed):
+        if (run["G"], run["method"], run["grouping"], run["seed"]) == (n_kv_heads, method, grouping, seed):
             return run["evals"]
-    raise KeyError(f"no run with G={n_kv_heads}, method={method!r}, seed={seed}")
+    raise KeyError(f"no run with G={n_kv_heads}, method={method!r}, grouping={grouping!r}, seed={seed}")
 
 
-def seed_stats(results: dict, n_kv_heads: int, method: str, alpha: float, metric: str = "recall_acc") -> dict:
-    """``metric`` at ``alpha`` over the seeds: values, mean, sample std, min and max."""
-    alpha = as_non_negative_float("alpha", alpha)
-    values = []
-    for run in results["runs"]:
-        if (run["G"], run["method"]) == (n_kv_heads, method):
-            matches = [e for e in run["evals"] if abs(e["alpha"] - alpha) < 1e-9]
-            if not matches:
-                raise KeyError(f"no evaluation at alpha={alpha}; have {[e['alpha'] for e in run['evals']]}")
-            if metric not in matches[0]:
-                raise ValueError(f"metric must be one of {sorted(matches[0])}; got {metric!r}")
-            values.append(matches[0][metric])
-    if not values:
-        raise KeyError(f"no runs with G={n_kv_heads}, method={method!r}")
+def find_baseline(results: dict, n_kv_heads: int, budget: str, seed: int) -> dict:
+    """One from-scratch run: ``steps``, ``evals`` (the last is the end of training), ``trace``."""
+    for run in results["baselines"]:
+        if (run["G"], run["budget"], run["seed"]) == (n_kv_heads, budget, seed):
+            return run
+    raise KeyError(f"no from-scratch run with G={n_kv_heads}, budget={budget!r}, seed={seed}")
+
+
+def _at_alpha(evals: list[dict], alpha: float, metric: str) -> float:
+    matches = [e for e in evals if abs(e["alpha"] - alpha) < 1e-9]
+    if not matches:
+        raise KeyError(f"no evaluation at alpha={alpha}; have {[e['alpha'] for e in evals]}")
+    if metric not in matches[0]:
+        raise ValueError(f"metric must be one of {sorted(matches[0])}; got {metric!r}")
+    return matches[0][metric]
+
+
+def _summary(values: list[float]) -> dict:
     t = torch.tensor(values, dtype=torch.float64)
     std = float(t.std()) if len(values) > 1 else 0.0
     return {"values": values, "mean": float(t.mean()), "std": std, "min": min(values), "max": max(values)}
 
 
+def seed_stats(
+    results: dict, n_kv_heads: int, method: str, alpha: float, metric: str = "recall_acc", grouping: str = "contiguous",
+) -> dict:
+    """``metric`` at ``alpha`` over the seeds (in seed order): values, mean, sample std, min and max."""
+    alpha = as_non_negative_float("alpha", alpha)
+    runs = sorted((r for r in results["runs"] if (r["G"], r["method"], r["grouping"]) == (n_kv_heads, method, grouping)),
+                  key=lambda r: r["seed"])
+    if not runs:
+        raise KeyError(f"no runs with G={n_kv_heads}, method={method!r}, grouping={grouping!r}")
+    return _summary([_at_alpha(r["evals"], alpha, metric) for r in runs])
+
+
+def paired_differences(
+    results: dict, n_kv_heads: int, alpha: float, a: tuple[str, str], b: tuple[str, str], metric: str = "recall_acc",
+) -> dict:
+    """Per seed, ``metric`` of variant ``a`` minus that of ``b`` (each a (method, grouping) pair), at one G and alpha.
+
+    Returns the summary of the differences plus ``wins`` (seeds where a > b),
+    ``losses`` and ``n``: a ranking that holds in every seed is "separated";
+    one that flips between seeds is not.
+    """
+    va = seed_stats(results, n_kv_heads, a[0], alpha, metric, a[1])["values"]
+    vb = seed_stats(results, n_kv_heads, b[0], alpha, metric, b[1])["values"]
+    diffs = [x - y for x, y in zip(va, vb)]
+    return {**_summary(diffs), "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs), "n": len(diffs)}
+
+
 # ----------------------------------------------------------------------------- command line
+
+
+def _worker(jobs: list[Job], setup: ExperimentSetup, out: Path, threads: int) -> None:
+    """One of ``--jobs`` worker processes: work through the runs with ``threads`` threads, no progress bars."""
+    torch.set_num_threads(threads)
+    work_through(jobs, setup, out, progress=False, log=lambda m: print(m, flush=True))
+
+
+def _spawn_workers(jobs: list[Job], setup: ExperimentSetup, out: Path, n_workers: int, threads: int, desc: str) -> None:
+    """Run ``n_workers`` processes over ``jobs``; a progress bar counts the finished files."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch thread pools
+    workers = [context.Process(target=_worker, args=(jobs, setup, out, threads)) for _ in range(n_workers)]
+    for w in workers:
+        w.start()
+    done = lambda: sum((out / j.file).exists() for j in jobs)  # noqa: E731
+    try:
+        with progress_bar(None, desc, total=len(jobs), initial=done()) as bar:
+            while any(w.is_alive() for w in workers):
+                time.sleep(2)
+                bar.update(done() - bar.n)
+            bar.update(done() - bar.n)
+    except BaseException:
+        for w in workers:
+            w.terminate()
+        raise
+    failed = [w.exitcode for w in workers if w.exitcode]
+    if failed:
+        raise SystemExit(f"a worker failed (exit code {failed[0]}); re-run the same command to resume")
 
 
 def main(argv: list[str] | None = None, setup: ExperimentSetup = SETUP) -> None:
     """The command line (see the module docstring); ``setup`` lets tests run it on a tiny setup."""
     parser = argparse.ArgumentParser(prog="python -m gqa_lib.experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["pretrain", "grid", "all"], help="which experiments to run")
+    parser.add_argument("what", choices=[*STEPS, "all"], help="which experiments to run")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes running runs side by side (default 1)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: as fast for a model this small, and the sums "
-                             "then add up in one order, so a re-run on the same kind of CPU gives the same bits)")
-    parser.add_argument("--overwrite", action="store_true", help="replace result files already in --out")
+                        help="torch intra-op threads per worker (default 1: as fast per core for a model this "
+                             "small, and the sums then add up in one order, so a re-run on the same kind of CPU "
+                             "gives the same bits)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the chosen steps' results (and grid.json) in --out first, then re-run them")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1; got {args.threads}")
+    for name in ("jobs", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; got {getattr(args, name)}")
     out: Path = args.out
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} is a file, not a folder; give a folder (it is created if missing)")
-    would_write = []
-    if args.what in ("pretrain", "all"):
-        would_write += [out / checkpoint_name(seed) for seed in setup.seeds]
-    if args.what in ("grid", "all"):
-        would_write.append(out / GRID_FILE)
-    existing = [str(p) for p in would_write if p.exists()]
-    if existing and not args.overwrite:
-        parser.error(f"refusing to overwrite {', '.join(existing)}; pass --overwrite, or --out another folder")
-    if args.what == "grid":
-        # The grid uptrains the checkpoints in --out: check the ones there now, rather than fail hours later.
-        missing = []
-        for seed in setup.seeds:
-            path = out / checkpoint_name(seed)
-            if not path.exists():
-                missing.append(path.name)
-                continue
+    torch.set_num_threads(args.threads)
+    jobs = jobs_for(args.what, setup)
+    if args.what == "grid":  # a missing checkpoint is pre-trained first
+        jobs = [j for j in jobs_for("pretrain", setup) if not (out / j.file).exists()] + jobs
+    grid = out / GRID_FILE
+    if grid.exists() and not args.overwrite:
+        parser.error(f"{grid} exists: the results are complete; pass --overwrite to recompute them, "
+                     "or --out another folder")
+    for job in jobs_for("pretrain", setup):
+        path = out / job.file
+        if path.exists() and not args.overwrite:
             try:
                 config = load_checkpoint(path)[0].config
             except ValueError as e:
                 parser.error(f"cannot use {path}: {e}")
             if config != setup.model:
                 parser.error(f"{path} has model config {config}, the experiments need {setup.model}; "
-                             "move it away, or --out another folder")
-        if missing:
-            print(f"{out} lacks {', '.join(missing)}: pre-training them first (as the 'pretrain' step would); "
-                  "each is saved there as soon as it is trained", flush=True)
+                             "pass --overwrite, or --out another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         parser.error(f"cannot create the --out folder {out}: {e.strerror or e}")
-    torch.set_num_threads(args.threads)
+    if args.overwrite:
+        grid.unlink(missing_ok=True)
+        for job in jobs_for(args.what, setup):
+            (out / job.file).unlink(missing_ok=True)
+    claims = out / RUNS_DIR / CLAIMS_DIR
+    if claims.exists():  # left by an interrupted run: no worker is running now
+        for lock in claims.glob("*.lock"):
+            lock.unlink()
     t0 = time.perf_counter()
-    corpus = setup.make_corpus()
-    if args.what in ("pretrain", "all"):
-        for seed in setup.seeds:
-            t = time.perf_counter()
-            pretrain_and_save(seed, setup, corpus, out)
-            final = load_checkpoint(out / checkpoint_name(seed))[1]["final"]
-            print(f"pre-trained seed {seed} in {time.perf_counter() - t:.0f} s: {final}", flush=True)
-    if args.what in ("grid", "all"):
-        # cache_dir=out: a checkpoint still missing is saved into out as soon as it is pre-trained
-        results = run_grid(setup, data_dir=out, cache_dir=out)
-        (out / GRID_FILE).write_text(json.dumps(results, indent=0))
-        print(f"grid: {len(results['runs'])} runs in {results['seconds']:.0f} s -> {out / GRID_FILE}", flush=True)
-    print(f"done in {time.perf_counter() - t0:.0f} s", flush=True)
+    todo = [j for j in jobs if not (out / j.file).exists()]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {out}; running {len(todo)}", flush=True)
+    if args.jobs > 1:
+        _spawn_workers(jobs, setup, out, args.jobs, args.threads, f"{args.what}: runs finished")
+    else:
+        with progress_bar(None, f"{args.what}: runs", total=len(jobs), initial=len(jobs) - len(todo)) as bar:
+            work_through(jobs, setup, out, log=lambda m: (bar.update(1), bar.write(m)))
+    print(f"{args.what}: {len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+    try:
+        results = assemble(setup, out)
+    except ValueError as e:
+        print(f"not gathered into {GRID_FILE} yet: {e}", flush=True)
+        return
+    _write_json(grid, results)
+    print(f"gathered every run into {grid}", flush=True)
 
 
 if __name__ == "__main__":

@@ -115,8 +115,8 @@ CH5_EXPLORER_CONTEXTS = (256, 512, 1024, 2048, 4096, 8192)  # widgets.CONTEXTS u
 CH5_EXPLORER = dict(preset="Llama 2 7B", G=8, batch_size=1, n_heads=32, head_dim=128, spare_positions=64)
 CH8_MODEL = dict(n_heads=8, d_model=1024, n_layers=2, d_ff=1024, batch_size=16, context=16384, groups=(1, 2, 4, 8))
 # experiments.SETUP (chapters 6-7 train and evaluate on the CPU: their models never move to the GPU)
-TOY_MODEL = dict(vocab_size=362, max_seq_len=64, d_model=32, n_layers=2, n_heads=8, n_kv_heads=8, d_ff=128)
-TOY_TRAIN_BATCH, TOY_EVAL_BATCH, TOY_SEEDS = 32, 128, 3
+TOY_MODEL = dict(vocab_size=362, max_seq_len=64, d_model=128, n_layers=2, n_heads=8, n_kv_heads=8, d_ff=344)
+TOY_TRAIN_BATCH, TOY_EVAL_BATCH, TOY_SEEDS = 32, 128, 5
 
 
 # ----------------------------------------------------------------------------- checks and small helpers
@@ -394,22 +394,24 @@ def attention_plan(
 
 
 def transformer_parameters(
-    vocab_size: int, max_seq_len: int, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, d_ff: int,
+    vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, d_ff: int,
+    tie_word_embeddings: bool = True,
 ) -> int:
-    """Parameters of a :class:`gqa_lib.TransformerLM` (bias-free attention, tied output head).
+    """Parameters of a :class:`gqa_lib.TransformerLM` (a miniature Llama, bias-free attention).
 
-    Token and position embeddings, per block two LayerNorms, q/o projections
-    d x d, k/v projections d x G*D, the MLP (d x d_ff and back, with biases),
-    and the final LayerNorm.
+    The token embedding (and an untied output head of the same size), per
+    layer two RMSNorm weight vectors, q/o projections d x d, k/v projections
+    d x G*D and the SwiGLU MLP (three matrices d x d_ff), and the final
+    RMSNorm. RoPE has no parameters, so the context length does not count.
     """
-    V, T = as_count("vocab_size", vocab_size), as_count("max_seq_len", max_seq_len)
-    d, L, H = as_count("d_model", d_model), as_count("n_layers", n_layers), as_count("n_heads", n_heads)
-    G, F = as_count("n_kv_heads", n_kv_heads), as_count("d_ff", d_ff)
+    V, d, L = as_count("vocab_size", vocab_size), as_count("d_model", d_model), as_count("n_layers", n_layers)
+    H, G, F = as_count("n_heads", n_heads), as_count("n_kv_heads", n_kv_heads), as_count("d_ff", d_ff)
     if d % H or H % G:
         raise ValueError(f"need n_heads | d_model and n_kv_heads | n_heads; got d_model={d}, H={H}, G={G}")
     kv_width = G * (d // H)
-    block = 2 * 2 * d + 2 * d * d + 2 * d * kv_width + (d * F + F) + (F * d + d)
-    return V * d + T * d + L * block + 2 * d
+    block = 2 * d + 2 * d * d + 2 * d * kv_width + 3 * d * F
+    embeddings = V * d if tie_word_embeddings else 2 * V * d
+    return embeddings + L * block + d
 
 
 def _decode_activation_bytes(
@@ -455,7 +457,7 @@ def model_parts(
     impls = _impls(implementations)
     math_sdpa = _flag("math_sdpa", math_sdpa)
     max_len = C + new
-    params = transformer_parameters(V, max_len, d, L, H, G, F)
+    params = transformer_parameters(V, d, L, H, G, F)
     D = d // H
     return {
         "weights": params * e,
@@ -620,7 +622,7 @@ def roofline_plan(free_bytes: int, *, fraction: float = GPU_BUDGET_FRACTION) -> 
 
 def training_peak_bytes(
     batch_size: int, seq_len: int, vocab_size: int, d_model: int, n_layers: int, n_heads: int, n_kv_heads: int,
-    d_ff: int, max_seq_len: int | None = None, *, train: bool = True, models: int = 1,
+    d_ff: int, *, train: bool = True, models: int = 1,
 ) -> int:
     """Bytes (host or device) of a training step (``train=True``) or an evaluation batch of a TransformerLM, fp32.
 
@@ -634,9 +636,8 @@ def training_peak_bytes(
     B, T, V = as_count("batch_size", batch_size), as_count("seq_len", seq_len), as_count("vocab_size", vocab_size)
     d, L, H = as_count("d_model", d_model), as_count("n_layers", n_layers), as_count("n_heads", n_heads)
     G, F = as_count("n_kv_heads", n_kv_heads), as_count("d_ff", d_ff)
-    max_len = T if max_seq_len is None else as_count("max_seq_len", max_seq_len)
     models = as_count("models", models)
-    params = transformer_parameters(V, max_len, d, L, H, G, F)
+    params = transformer_parameters(V, d, L, H, G, F)
     state = 16 * params if _flag("train", train) else 4 * params * models
     layers = L if train else 1  # autograd keeps every layer's activations; evaluation one layer's
     activations = 4 * B * T * (layers * (16 * d + 4 * F) + 4 * V) + layers * 2 * 4 * B * H * T * T

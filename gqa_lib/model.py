@@ -1,4 +1,14 @@
-"""A tiny decoder-only language model built from GroupedQueryAttention blocks."""
+"""A miniature Llama: a decoder-only language model built from GroupedQueryAttention blocks.
+
+The architecture of Llama (Touvron et al. 2023) and of most models the book
+cites: pre-norm blocks with RMSNorm, rotary position embeddings on queries
+and keys (no learned positions), a SwiGLU MLP, no biases, and an output head
+tied to the token embedding. Module names follow Hugging Face's
+``LlamaForCausalLM``, so a state dict maps one to one (``model.embed_tokens``,
+``model.layers.{i}.self_attn.{q,k,v,o}_proj``, ``model.layers.{i}.mlp.{gate,up,down}_proj``,
+``model.layers.{i}.input_layernorm``, ``model.layers.{i}.post_attention_layernorm``,
+``model.norm``, ``lm_head``).
+"""
 
 from __future__ import annotations
 
@@ -9,32 +19,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, check_head_counts
-from .checks import as_count, as_non_negative_float
+from .checks import as_count, as_non_negative_float, as_positive_float
 from .kv_cache import KVCache
+from .rope import rope_cos_sin
 
-__all__ = ["TransformerConfig", "TransformerLM"]
+__all__ = ["TransformerConfig", "TransformerLM", "RMSNorm", "SwiGLU", "DecoderLayer"]
 
 
 @dataclass
 class TransformerConfig:
-    """Size of a :class:`TransformerLM`. Defaults give a model of about 0.4 M parameters."""
+    """Size of a :class:`TransformerLM`. Defaults give a model of about 0.9 M parameters."""
 
     vocab_size: int = 64  # number of distinct tokens
-    max_seq_len: int = 128  # longest sequence (learned positions and cache length)
+    max_seq_len: int = 128  # longest sequence (the KV cache's length)
     d_model: int = 128  # residual stream width
-    n_layers: int = 2  # transformer blocks
+    n_layers: int = 4  # decoder layers
     n_heads: int = 8  # query heads, H
     n_kv_heads: int = 8  # key/value heads, G (H: MHA, 1: MQA)
-    d_ff: int = 512  # hidden width of the MLP
-    bias: bool = False  # biases in the attention projections
+    d_ff: int = 344  # hidden width of the SwiGLU MLP (Llama: about 8/3 d_model)
+    rope_theta: float = 10000.0  # RoPE base: pair i turns by position * theta**(-2i/D) radians
+    norm_eps: float = 1e-5  # added to the mean square in RMSNorm
+    tie_word_embeddings: bool = True  # output head shares the token embedding matrix
+    bias: bool = False  # biases in the attention projections (Llama: none; Qwen2: q, k, v)
     attn_impl: str = "grouped"  # "grouped", "grouped_matmul", "repeat_kv" or "sdpa"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "d_ff"):
             setattr(self, name, as_count(name, getattr(self, name)))
         self.d_model, self.n_heads, self.n_kv_heads = check_head_counts(self.d_model, self.n_heads, self.n_kv_heads)
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"bias must be True or False; got {self.bias!r}")
+        if self.head_dim % 2:
+            raise ValueError(
+                f"d_model={self.d_model} / n_heads={self.n_heads} gives head_dim={self.head_dim}; "
+                "RoPE needs an even head_dim"
+            )
+        self.rope_theta = as_positive_float("rope_theta", self.rope_theta)
+        self.norm_eps = as_non_negative_float("norm_eps", self.norm_eps)
+        for name in ("bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if not isinstance(self.attn_impl, str) or self.attn_impl not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attn_impl must be one of {sorted(ATTENTION_IMPLEMENTATIONS)}; got {self.attn_impl!r}")
 
@@ -43,38 +65,73 @@ class TransformerConfig:
         return self.d_model // self.n_heads
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x**2) + eps) * weight, computed in float32 whatever x's dtype (as Llama does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # unit root-mean-square
+        return self.weight * x32.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """The Llama MLP: down(silu(gate(x)) * up(x)), d_model -> d_ff -> d_model, no biases."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm Llama block: x + self_attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.attn_norm = nn.LayerNorm(config.d_model)
-        self.attn = GroupedQueryAttention(
+        self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.self_attn = GroupedQueryAttention(
             config.d_model, config.n_heads, config.n_kv_heads, bias=config.bias, impl=config.attn_impl
         )
-        self.mlp_norm = nn.LayerNorm(config.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.d_model, config.d_ff),
-            nn.GELU(),
-            nn.Linear(config.d_ff, config.d_model),
-        )
+        self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.d_ff)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cache=cache, layer=layer)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int, rope: tuple) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cache=cache, layer=layer, position_embeddings=rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaBackbone(nn.Module):
+    """Token embedding, decoder layers and final norm: Hugging Face's ``LlamaModel`` (the ``model.`` prefix)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
 
 
 class TransformerLM(nn.Module):
-    """Decoder-only LM: token + learned position embeddings, blocks, tied output head."""
+    """Decoder-only LM (a miniature Llama): embedding, RoPE decoder layers, RMSNorm, output head."""
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise ValueError(f"config must be a TransformerConfig; got {type(config).__name__}")
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model)
+        self.model = LlamaBackbone(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.apply(self._init_weights)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -82,6 +139,11 @@ class TransformerLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers (``self.model.layers``); ``layers[i].self_attn`` is layer i's attention."""
+        return self.model.layers
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -92,7 +154,7 @@ class TransformerLM(nn.Module):
         max_len = c.max_seq_len if max_len is None else as_count("max_len", max_len)
         if max_len > c.max_seq_len:
             raise ValueError(f"max_len={max_len} exceeds the model's max_seq_len={c.max_seq_len}")
-        p = self.tok_emb.weight
+        p = self.model.embed_tokens.weight
         return KVCache(c.n_layers, batch_size, c.n_kv_heads, max_len, c.head_dim, dtype=p.dtype, device=p.device)
 
     def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
@@ -143,13 +205,15 @@ class TransformerLM(nn.Module):
 
     def _forward(self, idx: torch.Tensor, cache: KVCache | None, start: int, last_only: bool) -> torch.Tensor:
         T = idx.shape[1]
-        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.tok_emb(idx) + self.pos_emb(positions)  # (B, T, d_model)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+        c = self.config
+        positions = torch.arange(start, start + T, device=idx.device)  # (T,): where these tokens sit
+        x = self.model.embed_tokens(idx)  # (B, T, d_model): no position added, RoPE rotates q and k instead
+        rope = rope_cos_sin(positions, c.head_dim, c.rope_theta, dtype=x.dtype)  # (T, D) each
+        for layer, block in enumerate(self.model.layers):
+            x = block(x, cache, layer, rope)
         if last_only:
             x = x[:, -1:]  # (B, 1, d_model)
-        return F.linear(self.final_norm(x), self.tok_emb.weight)  # (B, T or 1, vocab_size), tied weights
+        return self.lm_head(self.model.norm(x))  # (B, T or 1, vocab_size)
 
     @torch.no_grad()
     def generate(

@@ -81,7 +81,6 @@ __all__ = [
     "hf_attention_like",
     "hf_decode_step",
     "llama_config",
-    "matched_intermediate_size",
 ]
 
 INSTALL_HINT = "pip install 'gqa_lib[hf]'  (or: pip install transformers)"
@@ -376,12 +375,6 @@ def _group_summary(ms: dict, impls: list[str], groups: list[int], n_heads: int) 
 # ---------------------------------------------------------------- prefill
 
 
-def matched_intermediate_size(mlp_params: int, d_model: int) -> int:
-    """The Llama ``intermediate_size`` I whose SwiGLU MLP (3 matrices d_model x I, no biases) has closest to
-    ``mlp_params`` parameters."""
-    return max(1, round(mlp_params / (3 * d_model)))
-
-
 def _mlp_params_per_layer(model: torch.nn.Module, n_layers: int) -> int:
     """Parameters of the MLPs (every parameter of a module named ``mlp``) divided by ``n_layers``."""
     return sum(p.numel() for name, p in model.named_parameters() if ".mlp." in name) // n_layers
@@ -389,11 +382,12 @@ def _mlp_params_per_layer(model: torch.nn.Module, n_layers: int) -> int:
 
 def build_prefill_models(vocab_size=32000, d_model=1024, n_layers=4, n_heads=16, n_kv_heads=4, d_ff=4096,
                          max_len=1088, attn_impls=("sdpa",), dtype="float32", device=None, seed=0) -> dict:
-    """gqa_lib's TransformerLM and a parameter-matched LlamaForCausalLM per attention implementation.
+    """gqa_lib's TransformerLM and a LlamaForCausalLM per attention implementation, holding the same weights.
 
-    The Llama MLP's ``intermediate_size`` is chosen so that its 3 matrices
-    hold as many parameters as gqa_lib's MLP (d_ff). Both models hold
-    ``max_len`` positions. Returns {"gqa_lib": model, "hf_<attn>": model, ...}.
+    gqa_lib's model is a miniature Llama with Hugging Face's parameter names,
+    so each ``LlamaForCausalLM`` (``intermediate_size = d_ff``) loads its state
+    dict unchanged and computes the same function. Both hold ``max_len``
+    positions. Returns {"gqa_lib": model, "hf_<attn>": model, ...}.
     """
     from transformers import LlamaForCausalLM
 
@@ -402,11 +396,13 @@ def build_prefill_models(vocab_size=32000, d_model=1024, n_layers=4, n_heads=16,
     gqa_config = TransformerConfig(vocab_size=vocab_size, max_seq_len=max_len, d_model=d_model, n_layers=n_layers,
                                    n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff)
     models = {"gqa_lib": TransformerLM(gqa_config)}
-    inter = matched_intermediate_size(_mlp_params_per_layer(models["gqa_lib"], n_layers), d_model)
     for attn in attn_impls:
         config = llama_config(d_model, n_heads, n_kv_heads, attn, n_layers=n_layers, max_positions=max_len,
-                              vocab_size=vocab_size, intermediate_size=inter)
-        models[f"hf_{attn}"] = LlamaForCausalLM(config)
+                              vocab_size=vocab_size, intermediate_size=d_ff)
+        config.rms_norm_eps = gqa_config.norm_eps  # RoPE base: both 10,000
+        hf = LlamaForCausalLM(config)
+        hf.load_state_dict(models["gqa_lib"].state_dict())
+        models[f"hf_{attn}"] = hf
     return {name: m.to(device=device, dtype=dtype).eval() for name, m in models.items()}
 
 
@@ -593,14 +589,10 @@ def _cmd_prefill(args: argparse.Namespace) -> dict:
 
 
 def _mlp_line(rows: list[dict], d_ff: int) -> str:
-    """'MLP parameters per layer: gqa_lib N (...); transformers M (...)' for the implementations timed."""
-    mlp = {"gqa_lib" if r["impl"] == "gqa_lib" else "transformers": r["mlp_params"] for r in rows}
-    parts = []
-    if "gqa_lib" in mlp:
-        parts.append(f"gqa_lib {mlp['gqa_lib']:,} (d_ff={d_ff}: d_model x d_ff in and out, biases, GELU)")
-    if "transformers" in mlp:
-        parts.append(f"transformers {mlp['transformers']:,} (SwiGLU: gate, up, down; intermediate_size matched)")
-    return "MLP parameters per layer: " + "; ".join(parts)
+    """One line saying that every implementation timed holds the same model (weights and MLP size)."""
+    mlp = sorted({r["mlp_params"] for r in rows})
+    return (f"every model holds the same weights (gqa_lib's miniature Llama, loaded into LlamaForCausalLM): "
+            f"SwiGLU MLP with d_ff={d_ff}, {', '.join(f'{m:,}' for m in mlp)} parameters per layer")
 
 
 def _add_device_and_json(p: argparse.ArgumentParser, dtype: str | None = None) -> None:

@@ -146,6 +146,7 @@ class TrainResult:
     evals: list[dict] = field(default_factory=list)  # one dict per evaluation: step, loss, recall_acc, ...
     train_losses: list[float] = field(default_factory=list)  # training loss of every step
     lrs: list[float] = field(default_factory=list)  # learning rate of every step
+    grad_norms: list[float] = field(default_factory=list)  # global gradient norm of every step, before clipping
 
     def at(self, step: int) -> dict:
         """The evaluation taken after ``step`` steps."""
@@ -212,9 +213,10 @@ def train(
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)  # norm before clipping
         optimizer.step()
         result.train_losses.append(float(loss.detach()))
+        result.grad_norms.append(float(grad_norm))
         result.lrs.append(lr)
         if step in eval_steps:
             record(step)

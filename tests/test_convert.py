@@ -194,11 +194,11 @@ def test_requires_grad_is_kept_parameter_by_parameter():
     first = attn_layers(model)[0]
     first.k_proj.weight.requires_grad_(False)
     first.v_proj.bias.requires_grad_(False)
-    model.tok_emb.weight.requires_grad_(False)
+    model.model.embed_tokens.weight.requires_grad_(False)
     new = convert_to_gqa(model, 4)
     expected = {name: p.requires_grad for name, p in model.named_parameters()}
     assert {name: p.requires_grad for name, p in new.named_parameters()} == expected
-    assert not expected["blocks.0.attn.k_proj.weight"] and expected["blocks.0.attn.k_proj.bias"]
+    assert not expected["model.layers.0.self_attn.k_proj.weight"] and expected["model.layers.0.self_attn.k_proj.bias"]
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, None, True])

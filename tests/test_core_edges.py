@@ -138,7 +138,7 @@ def test_interrupted_forward_leaves_cache_unchanged(monkeypatch, error, prefix):
             raise error("interrupted in the second block")
 
         with monkeypatch.context() as m:
-            m.setattr(model.blocks[1], "forward", boom)
+            m.setattr(model.layers[1], "forward", boom)
             with pytest.raises(error):
                 model(seq[:, prefix:], cache=cache)
         assert cache.lengths == before == [prefix, prefix]
@@ -156,7 +156,7 @@ def test_interrupt_in_output_head_leaves_cache_unchanged(monkeypatch):
         raise KeyboardInterrupt
 
     with torch.no_grad(), monkeypatch.context() as m:
-        m.setattr(model.final_norm, "forward", boom)
+        m.setattr(model.model.norm, "forward", boom)
         with pytest.raises(KeyboardInterrupt):
             model(tokens(1, 3), cache=cache)
     assert cache.lengths == [0, 0]
@@ -199,8 +199,8 @@ def test_decoding_with_autograd_keeps_cache_detached_and_graph_bounded():
     sizes = {}
     norm_inputs = {}
     hooks = [
-        block.attn_norm.register_forward_hook(lambda mod, inp, out, i=i: norm_inputs.__setitem__(i, out.detach()))
-        for i, block in enumerate(model.blocks)
+        block.input_layernorm.register_forward_hook(lambda mod, inp, out, i=i: norm_inputs.__setitem__(i, out.detach()))
+        for i, block in enumerate(model.layers)
     ]
     try:
         for step in range(steps):
@@ -221,8 +221,8 @@ def test_decoding_with_autograd_keeps_cache_detached_and_graph_bounded():
     # backward through the last step works; only the new position feeds k_proj's gradient
     model.zero_grad()
     logits[0, -1].logsumexp(-1).backward()
-    for i, block in enumerate(model.blocks):
-        grad = block.attn.k_proj.weight.grad  # (G*D, d_model)
+    for i, block in enumerate(model.layers):
+        grad = block.self_attn.k_proj.weight.grad  # (G*D, d_model)
         assert grad is not None and torch.isfinite(grad).all()
         assert grad.abs().max() > 0
         # with the cached keys constant, grad = dL/dk_new (outer) x_new: every row is a multiple of x_new
@@ -438,7 +438,7 @@ def test_generate_prefill_computes_logits_for_the_last_position_only():
     """Old: the prefill computed (B, T, vocab) logits and kept the last row."""
     model = tiny_model()
     shapes = []
-    hook = model.final_norm.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+    hook = model.model.norm.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
     try:
         out = model.generate(tokens(2, 9), 3, temperature=0)
     finally:

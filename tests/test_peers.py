@@ -84,14 +84,16 @@ def test_generate_mask_matches_what_generate_passes(transformers):
     assert peers.generate_mask(hf_layer.config, empty, B, TK, x.dtype, x.device, prompt) is None
 
 
-def test_matched_intermediate_size_matches_mlp_parameters(transformers):
+def test_prefill_peers_hold_the_same_model(transformers):
+    """gqa_lib's miniature Llama and LlamaForCausalLM share parameter names: the peer computes the same logits."""
     models = peers.build_prefill_models(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
                                         max_len=12, device="cpu")
-    gqa_mlp = 2 * 32 * 96 + 96 + 32  # two matrices with biases
-    hf = models["hf_sdpa"]
-    assert peers._mlp_params_per_layer(models["gqa_lib"], 2) == gqa_mlp
-    assert hf.config.intermediate_size == peers.matched_intermediate_size(gqa_mlp, 32) == 65
-    assert abs(peers._mlp_params_per_layer(hf, 2) - gqa_mlp) <= 3 * 32 / 2  # within half a column of 3 matrices
+    ours, hf = models["gqa_lib"], models["hf_sdpa"]
+    assert peers._mlp_params_per_layer(ours, 2) == peers._mlp_params_per_layer(hf, 2) == 3 * 32 * 96
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in hf.parameters())
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_format_peers_table_summaries():
@@ -133,7 +135,7 @@ def test_prefill_cli_writes_json(transformers, tmp_path, capsys):
     assert [r["impl"] for r in data["rows"]] == list(peers.PREFILL_IMPLS)
     for r in data["rows"]:
         assert r["tokens_per_s"] == pytest.approx(8 / (r["ms"] / 1e3))
-    assert "MLP parameters per layer: gqa_lib 4,192" in capsys.readouterr().out
+    assert "SwiGLU MLP with d_ff=64, 6,144 parameters per layer" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", [
