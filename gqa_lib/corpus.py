@@ -44,7 +44,10 @@ import torch
 
 from .checks import as_count, as_non_negative_float
 
-__all__ = ["CorpusConfig", "ToyCorpus", "make_corpus", "recall_accuracy", "BOS", "SEP", "SUCCESSOR_PROBS"]
+__all__ = [
+    "CorpusConfig", "ToyCorpus", "make_corpus", "recall_accuracy", "matching_entry_positions", "BOS", "SEP",
+    "SUCCESSOR_PROBS",
+]
 
 BOS = 0
 SEP = 1
@@ -299,3 +302,23 @@ def recall_accuracy(logits: torch.Tensor, tokens: torch.Tensor, recall_mask: tor
     target_mask = recall_mask[:, 1:]  # (B, T-1)
     correct = (predicted == tokens[:, 1:]) & target_mask
     return int(correct.sum()), int(target_mask.sum())
+
+
+def matching_entry_positions(tokens: torch.Tensor, config: CorpusConfig) -> torch.Tensor:
+    """For every query of a recall sequence, the position of the dictionary entry holding its key.
+
+    tokens: (B, T) token ids. Returns (B, T) positions (int64): at a query
+    position (a key token), the position of the entry whose key it is; -1
+    everywhere else. This is where a look-up head should attend from the
+    query, to read the value the next token must copy.
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a (B, T) tensor of token ids; got {getattr(tokens, 'shape', tokens)}")
+    c = config
+    is_query = (tokens >= c.key_offset) & (tokens < c.value_offset)  # (B, T)
+    is_entry = tokens >= c.entry_offset  # (B, T)
+    query_key = torch.where(is_query, tokens - c.key_offset, -1)  # (B, T)
+    entry_key = torch.where(is_entry, torch.div(tokens - c.entry_offset, c.n_values, rounding_mode="floor"), -2)
+    match = (query_key[:, :, None] == entry_key[:, None, :]) & is_query[:, :, None]  # (B, Tq, Tk): key == key
+    positions = match.float().argmax(dim=-1)  # (B, T): first matching entry (keys are distinct in a sequence)
+    return torch.where(match.any(dim=-1), positions, -1)

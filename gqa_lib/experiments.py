@@ -74,6 +74,7 @@ __all__ = [
     "load_or_run_grid",
     "grid_table",
     "find_run",
+    "run_record",
     "find_baseline",
     "seed_stats",
     "paired_differences",
@@ -147,6 +148,9 @@ class ExperimentSetup:
             raise ValueError(f"model vocab_size={self.model.vocab_size} < corpus vocab_size={self.corpus.vocab_size}")
         if self.model.max_seq_len < self.corpus.seq_len:
             raise ValueError(f"model max_seq_len={self.model.max_seq_len} < corpus seq_len={self.corpus.seq_len}")
+        if checked["scratch_groups"] and self.scratch_alpha not in checked["alphas"]:
+            raise ValueError(f"scratch_alpha={self.scratch_alpha} must be one of the alphas {checked['alphas']} "
+                             "(the baselines are compared with the uptrained runs at that alpha)")
         if self.n_calibration > self.corpus.n_train:
             raise ValueError(f"n_calibration={self.n_calibration} exceeds the corpus's n_train={self.corpus.n_train}")
         for name, value in checked.items():
@@ -648,7 +652,7 @@ def load_or_run_grid(
     work_through(jobs_for("all", setup), setup, cache_dir, progress)
     results = assemble(setup, cache_dir)
     _write_json(cache_dir / GRID_FILE, results)
-    return results
+    return json.loads(json.dumps(results))  # as read back from the file (lists, not tuples)
 
 
 def grid_table(results: dict) -> list[dict]:
@@ -660,12 +664,17 @@ def grid_table(results: dict) -> list[dict]:
     return rows
 
 
-def find_run(results: dict, n_kv_heads: int, method: str, seed: int, grouping: str = "contiguous") -> list[dict]:
-    """The evaluations (one dict per alpha) of one uptraining run."""
+def run_record(results: dict, n_kv_heads: int, method: str, seed: int, grouping: str = "contiguous") -> dict:
+    """Everything stored about one uptraining run: ``evals``, ``trace``, ``head_order``, ``seconds``, ..."""
     for run in results["runs"]:
         if (run["G"], run["method"], run["grouping"], run["seed"]) == (n_kv_heads, method, grouping, seed):
-            return run["evals"]
+            return run
     raise KeyError(f"no run with G={n_kv_heads}, method={method!r}, grouping={grouping!r}, seed={seed}")
+
+
+def find_run(results: dict, n_kv_heads: int, method: str, seed: int, grouping: str = "contiguous") -> list[dict]:
+    """The evaluations (one dict per alpha) of one uptraining run."""
+    return run_record(results, n_kv_heads, method, seed, grouping)["evals"]
 
 
 def find_baseline(results: dict, n_kv_heads: int, budget: str, seed: int) -> dict:
@@ -778,24 +787,27 @@ def main(argv: list[str] | None = None, setup: ExperimentSetup = SETUP) -> None:
     if grid.exists() and not args.overwrite:
         parser.error(f"{grid} exists: the results are complete; pass --overwrite to recompute them, "
                      "or --out another folder")
+    replaced = {j.file for j in jobs_for(args.what, setup)} if args.overwrite else set()  # deleted below
     for job in jobs_for("pretrain", setup):
         path = out / job.file
-        if path.exists() and not args.overwrite:
+        if path.exists() and job.file not in replaced:  # grid --overwrite keeps the checkpoints: check them
             try:
                 config = load_checkpoint(path)[0].config
             except ValueError as e:
                 parser.error(f"cannot use {path}: {e}")
             if config != setup.model:
                 parser.error(f"{path} has model config {config}, the experiments need {setup.model}; "
-                             "pass --overwrite, or --out another folder")
+                             "re-train it with 'pretrain --overwrite' (or 'all --overwrite'), or --out another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         parser.error(f"cannot create the --out folder {out}: {e.strerror or e}")
     if args.overwrite:
         grid.unlink(missing_ok=True)
-        for job in jobs_for(args.what, setup):
-            (out / job.file).unlink(missing_ok=True)
+        deleted = {job.file for job in jobs_for(args.what, setup)}
+        deleted |= {job.file for job in jobs_for("grid", setup) if job.needs in deleted}  # runs of a new checkpoint
+        for name in deleted:
+            (out / name).unlink(missing_ok=True)
     claims = out / RUNS_DIR / CLAIMS_DIR
     if claims.exists():  # left by an interrupted run: no worker is running now
         for lock in claims.glob("*.lock"):

@@ -113,7 +113,9 @@ CH5_BANDWIDTH_BYTES = 512 * _MiB  # chapter 5's streaming_read_bandwidth(device)
 CH5_SWEEP_CONTEXTS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 CH5_EXPLORER_CONTEXTS = (256, 512, 1024, 2048, 4096, 8192)  # widgets.CONTEXTS up to today's start, 8192
 CH5_EXPLORER = dict(preset="Llama 2 7B", G=8, batch_size=1, n_heads=32, head_dim=128, spare_positions=64)
-CH8_MODEL = dict(n_heads=8, d_model=1024, n_layers=2, d_ff=1024, batch_size=16, context=16384, groups=(1, 2, 4, 8))
+# chapter 8 times the experiments' own model shape (experiments.SETUP.model) at a serving batch and context
+CH8_MODEL = dict(n_heads=8, d_model=128, n_layers=2, d_ff=344, vocab_size=362, batch_size=256, context=16384,
+                 groups=(1, 2, 4, 8))
 # experiments.SETUP (chapters 6-7 train and evaluate on the CPU: their models never move to the GPU)
 TOY_MODEL = dict(vocab_size=362, max_seq_len=64, d_model=128, n_layers=2, n_heads=8, n_kv_heads=8, d_ff=344)
 TOY_TRAIN_BATCH, TOY_EVAL_BATCH, TOY_SEEDS = 32, 128, 5
@@ -527,7 +529,7 @@ def model_plan(
         return model_peak_bytes(d, L, F, state[0], state[1], e, H, groups, vocab_size, 64, impls)
 
     B, C = _first_fitting(chain, peak, budget, free, what)
-    kwargs = dict(d_model=d, n_layers=L, d_ff=F, batch_size=B, context=C, dtype=dtype)
+    kwargs = dict(d_model=d, n_layers=L, d_ff=F, vocab_size=vocab_size, batch_size=B, context=C, dtype=dtype)
     return {
         "n_heads": H, "d_model": d, "n_layers": L, "d_ff": F, "batch_size": B, "context": C, "groups": groups,
         "vocab_size": vocab_size, "dtype": dtype, "elem_bytes": e, "peak_bytes": peak((B, C)),
@@ -745,10 +747,10 @@ def chapter_plans(free_bytes: int, bf16_supported: bool, *, fraction: float = GP
     c8 = CH8_MODEL
     m8 = model_plan(free, bf16, n_heads=c8["n_heads"], d_model=c8["d_model"], n_layers=c8["n_layers"],
                     d_ff=c8["d_ff"], batch_size=c8["batch_size"], context=c8["context"], groups=c8["groups"],
-                    fraction=fraction, what="chapter 8's decode benchmark")
+                    vocab_size=c8["vocab_size"], fraction=fraction, what="chapter 8's decode benchmark")
     plans["ch8_model"] = {
-        "chapter": 8, "what": "decode step of the toy shapes, G in 1, 2, 4, 8", "device": "cuda", "dtype": dtype,
-        "sizes": f"H=8, d_model {m8['d_model']}, {m8['n_layers']} layers, d_ff {m8['d_ff']}, "
+        "chapter": 8, "what": "decode step of the experiments' model shape, G in 1, 2, 4, 8", "device": "cuda",
+        "dtype": dtype, "sizes": f"H=8, d_model {m8['d_model']}, {m8['n_layers']} layers, d_ff {m8['d_ff']}, "
                  f"batch {m8['batch_size']}, context {m8['context']}", "peak_bytes": m8["peak_bytes"],
         "kwargs": m8["kwargs"],
     }

@@ -28,12 +28,12 @@ __all__ = ["TransformerConfig", "TransformerLM", "RMSNorm", "SwiGLU", "DecoderLa
 
 @dataclass
 class TransformerConfig:
-    """Size of a :class:`TransformerLM`. Defaults give a model of about 0.9 M parameters."""
+    """Size of a :class:`TransformerLM`. Defaults give a model of about 0.4 M parameters."""
 
     vocab_size: int = 64  # number of distinct tokens
     max_seq_len: int = 128  # longest sequence (the KV cache's length)
     d_model: int = 128  # residual stream width
-    n_layers: int = 4  # decoder layers
+    n_layers: int = 2  # decoder layers
     n_heads: int = 8  # query heads, H
     n_kv_heads: int = 8  # key/value heads, G (H: MHA, 1: MQA)
     d_ff: int = 344  # hidden width of the SwiGLU MLP (Llama: about 8/3 d_model)

@@ -160,7 +160,7 @@ def tradeoff_figure(ours: Sequence[Mapping], device: str, metric: str = "recall_
     """
     label = _metric_label(metric)
     fig = make_subplots(rows=1, cols=2, subplot_titles=[
-        f"ours (time on {device})", "paper, Table 1 (T5-XXL on TPUv4)",
+        f"ours: the miniature (time of its shape on {device})", "paper, Table 1 (T5-XXL on TPUv4)",
     ])
     rows = sorted(ours, key=lambda r: r["G"])
     fig.add_trace(go.Scatter(

@@ -40,7 +40,7 @@ TODAY = {  # chapters' GPU sizes before the plans: an 80 GB device keeps them
     "ch5_sweep": dict(contexts=[512, 1024, 2048, 4096, 8192, 16384, 32768], batch_size=8),
     "ch5_model": dict(d_model=4096, n_layers=4, d_ff=4096, batch_size=16, context=8192),
     "ch5_explorer": dict(preset="Llama 2 7B", G=8, context=8192, batch_size=1),
-    "ch8_model": dict(d_model=1024, n_layers=2, d_ff=1024, batch_size=16, context=16384),
+    "ch8_model": dict(d_model=128, n_layers=2, d_ff=344, vocab_size=362, batch_size=256, context=16384),
 }
 
 
@@ -387,6 +387,8 @@ def test_constants_mirror_the_library_and_chapters():
     assert inspect.signature(__import__("gqa_lib.train", fromlist=["evaluate"]).evaluate).parameters[
         "batch_size"].default == gpu_plan.TOY_EVAL_BATCH
     assert gpu_plan.CH8_MODEL["n_heads"] == SETUP.model.n_heads and gpu_plan.CH8_MODEL["groups"] == SETUP.groups
+    assert {k: gpu_plan.CH8_MODEL[k] for k in ("d_model", "n_layers", "d_ff", "vocab_size")} == {
+        k: model[k] for k in ("d_model", "n_layers", "d_ff", "vocab_size")}
     assert set(gpu_plan.CH5_EXPLORER_CONTEXTS) <= set(CONTEXTS)
     assert gpu_plan.CH5_EXPLORER["spare_positions"] == SPARE_POSITIONS
     default_buffer = inspect.signature(streaming_read_bandwidth).parameters["n_bytes"].default
