@@ -192,7 +192,7 @@ def test_grid_is_cached_and_reloaded_and_a_different_setup_is_refused(grid):
     assert json.loads((cache / "grid.json").read_text())["runs"] == results["runs"]
     again = load_or_run_grid(TINY, data_dir=None, cache_dir=cache, progress=False)
     assert again == json.loads(json.dumps(results))  # read back: tuples (the AdamW betas) come back as lists
-    for change in ({"alphas": (0.0, 0.1)}, {"groupings": ("contiguous",)}, {"n_calibration": 16},
+    for change in ({"alphas": (0.0, 0.2)}, {"groupings": ("contiguous",)}, {"n_calibration": 16},
                    {"scratch_alpha": 0.1}):
         other = ExperimentSetup(**{**TINY.__dict__, **change})
         with pytest.raises(ValueError, match="different setup"):
@@ -604,7 +604,8 @@ def test_cli_overwrite_recomputes_only_the_chosen_step(cli_folder, tmp_path, mon
     untouched = [n for n in kept if n.endswith(".safetensors") or n.startswith("runs/scratch_")]
     assert len(untouched) == 4 and all(now[n] == kept[n] for n in untouched)
     assert _without_timing(json.loads((folder / "grid.json").read_text())) == _without_timing(before)
-    # pretrain --overwrite: new checkpoints, the same weights (seeded); the other runs are kept
+    # pretrain --overwrite: new checkpoints, the same weights (seeded); the uptraining runs of the old
+    # checkpoints go too (they would describe other weights), the baselines stay
     ran.clear()
     states = {s: _state(folder / checkpoint_name(s)) for s in (0, 1)}
     main(["pretrain", "--out", str(folder), "--overwrite"], setup=TINY)
@@ -612,7 +613,12 @@ def test_cli_overwrite_recomputes_only_the_chosen_step(cli_folder, tmp_path, mon
     for s in (0, 1):
         new = _state(folder / checkpoint_name(s))
         assert all(torch.equal(new[k], v) for k, v in states[s].items())
-    assert (folder / "grid.json").exists()  # every run is there: gathered again
+    assert not (folder / "grid.json").exists() and not list((folder / "runs").glob("uptrain_*"))
+    assert all((folder / n).exists() for n in untouched if n.startswith("runs/scratch_"))
+    ran.clear()
+    main(["grid", "--out", str(folder)], setup=TINY)  # resumes: only the deleted runs, then gathers
+    assert sorted(ran) == GRID_NAMES
+    assert _without_timing(json.loads((folder / "grid.json").read_text())) == _without_timing(before)
 
 
 def test_cli_grid_into_an_empty_folder_saves_each_checkpoint_as_soon_as_it_is_trained(
