@@ -49,9 +49,10 @@ site-test: env browser
 bench: env
 	$(BIN)/python -m gqa_lib.bench attention
 
-## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 21 min on 2 CPU cores)
+## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 70 min on 2 CPU cores);
+## interrupted, `$(BIN)/python -m gqa_lib.experiments all --jobs 2` (no --overwrite) resumes it
 experiments: env
-	$(BIN)/python -m gqa_lib.experiments all --overwrite
+	$(BIN)/python -m gqa_lib.experiments all --jobs 2 --overwrite
 
 ## make repo URL=https://github.com/OWNER/NAME [BRANCH=main]: point the book at its repository, in one go
 ## (_config.yml's repository url/branch, every chapter's set-up cell, links in the top-level pages)

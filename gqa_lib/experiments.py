@@ -78,6 +78,8 @@ __all__ = [
     "find_baseline",
     "seed_stats",
     "paired_differences",
+    "learned_seeds",
+    "LEARNED_RECALL",
     "main",
 ]
 
@@ -109,7 +111,7 @@ class ExperimentSetup:
         )
     )
     recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(pretrain_steps=4000))
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # pre-training seed = uptraining seed = random-init seed
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # pre-training seed = uptraining seed = random-init seed
     groups: tuple[int, ...] = (1, 2, 4, 8)  # G values converted to (8 = H: the multi-head model itself)
     methods: tuple[str, ...] = ("mean", "first", "random")
     groupings: tuple[str, ...] = ("contiguous", "similar")
@@ -700,20 +702,37 @@ def _summary(values: list[float]) -> dict:
     return {"values": values, "mean": float(t.mean()), "std": std, "min": min(values), "max": max(values)}
 
 
+LEARNED_RECALL = 0.99  # held-out recall a pre-trained checkpoint must reach to count as having learned the task
+
+
+def learned_seeds(results: dict, threshold: float = LEARNED_RECALL) -> list[int]:
+    """The seeds whose pre-trained multi-head checkpoint learned the recall task (held-out recall >= ``threshold``).
+
+    Recall is learned abruptly, at a step that varies from seed to seed, and
+    a seed may not have learned it when pre-training ends. A conversion can
+    only keep a look-up that its checkpoint has, so the chapters' statistics
+    of conversion run over these seeds and show the others apart. The
+    criterion looks at the multi-head checkpoint only, never at a conversion.
+    """
+    return sorted(p["seed"] for p in results["pretraining"] if p["final"]["recall_acc"] >= threshold)
+
+
 def seed_stats(
     results: dict, n_kv_heads: int, method: str, alpha: float, metric: str = "recall_acc", grouping: str = "contiguous",
+    seeds=None,
 ) -> dict:
-    """``metric`` at ``alpha`` over the seeds (in seed order): values, mean, sample std, min and max."""
+    """``metric`` at ``alpha`` over the seeds (in seed order; only ``seeds`` if given): values, mean, std, min, max."""
     alpha = as_non_negative_float("alpha", alpha)
-    runs = sorted((r for r in results["runs"] if (r["G"], r["method"], r["grouping"]) == (n_kv_heads, method, grouping)),
-                  key=lambda r: r["seed"])
+    runs = sorted((r for r in results["runs"] if (r["G"], r["method"], r["grouping"]) == (n_kv_heads, method, grouping)
+                   and (seeds is None or r["seed"] in seeds)), key=lambda r: r["seed"])
     if not runs:
-        raise KeyError(f"no runs with G={n_kv_heads}, method={method!r}, grouping={grouping!r}")
+        raise KeyError(f"no runs with G={n_kv_heads}, method={method!r}, grouping={grouping!r}, seeds {seeds}")
     return _summary([_at_alpha(r["evals"], alpha, metric) for r in runs])
 
 
 def paired_differences(
     results: dict, n_kv_heads: int, alpha: float, a: tuple[str, str], b: tuple[str, str], metric: str = "recall_acc",
+    seeds=None,
 ) -> dict:
     """Per seed, ``metric`` of variant ``a`` minus that of ``b`` (each a (method, grouping) pair), at one G and alpha.
 
@@ -721,8 +740,8 @@ def paired_differences(
     ``losses`` and ``n``: a ranking that holds in every seed is "separated";
     one that flips between seeds is not.
     """
-    va = seed_stats(results, n_kv_heads, a[0], alpha, metric, a[1])["values"]
-    vb = seed_stats(results, n_kv_heads, b[0], alpha, metric, b[1])["values"]
+    va = seed_stats(results, n_kv_heads, a[0], alpha, metric, a[1], seeds)["values"]
+    vb = seed_stats(results, n_kv_heads, b[0], alpha, metric, b[1], seeds)["values"]
     diffs = [x - y for x, y in zip(va, vb)]
     return {**_summary(diffs), "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs), "n": len(diffs)}
 

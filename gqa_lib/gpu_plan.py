@@ -118,7 +118,7 @@ CH8_MODEL = dict(n_heads=8, d_model=128, n_layers=2, d_ff=344, vocab_size=362, b
                  groups=(1, 2, 4, 8))
 # experiments.SETUP (chapters 6-7 train and evaluate on the CPU: their models never move to the GPU)
 TOY_MODEL = dict(vocab_size=362, max_seq_len=64, d_model=128, n_layers=2, n_heads=8, n_kv_heads=8, d_ff=344)
-TOY_TRAIN_BATCH, TOY_EVAL_BATCH, TOY_SEEDS = 32, 128, 5
+TOY_TRAIN_BATCH, TOY_EVAL_BATCH, TOY_SEEDS = 32, 128, 6
 
 
 # ----------------------------------------------------------------------------- checks and small helpers

@@ -63,14 +63,16 @@ def _spread(stats: Sequence[Mapping]) -> dict:
 
 def conversion_figure(
     results: Mapping, alphas: Sequence[float] = (0.0, 0.05), metric: str = "recall_acc",
-    methods: Sequence[str] = ("mean", "first", "random"), grouping: str = "contiguous",
+    methods: Sequence[str] = ("mean", "first", "random"), grouping: str = "contiguous", seeds=None,
 ) -> go.Figure:
     """Quality per G and conversion method, one panel per uptraining fraction alpha (the paper's Figure 4).
 
     Bars: mean over seeds of ``metric``; dots: every seed. A dashed line
     marks the multi-head model (G = H) at the same alpha. ``grouping`` picks
-    the runs (random initialisation has only contiguous runs).
+    the runs (random initialisation has only contiguous runs); ``seeds`` the
+    seeds (default: all).
     """
+    seeds = list(results["setup"]["seeds"]) if seeds is None else list(seeds)
     label = _metric_label(metric)
     H = _n_heads(results)
     groups = [g for g in results["setup"]["groups"] if g != H]
@@ -81,7 +83,7 @@ def conversion_figure(
     for col, alpha in enumerate(alphas, start=1):
         for method in methods:
             g_of_method = "contiguous" if method == "random" else grouping
-            stats = [seed_stats(results, g, method, alpha, metric, g_of_method) for g in groups]
+            stats = [seed_stats(results, g, method, alpha, metric, g_of_method, seeds) for g in groups]
             x = [group_label(g, H) for g in groups]
             fig.add_trace(go.Bar(
                 x=x, y=[s["mean"] for s in stats], offsetgroup=method, opacity=0.55,
@@ -94,12 +96,12 @@ def conversion_figure(
                 marker=dict(color=METHOD_COLOURS.get(method), size=7, line=dict(width=1, color="white")),
                 hovertemplate=f"{method}, G=%{{x}}, one seed<br>{label}: %{{y:.3f}}<extra></extra>",
             ), row=1, col=col)
-        mha = seed_stats(results, H, "mean", alpha, metric)["mean"]
+        mha = seed_stats(results, H, "mean", alpha, metric, seeds=seeds)["mean"]
         fig.add_hline(y=mha, line_dash="dash", line_color="black", row=1, col=col,
                       annotation_text=f"MHA {mha:.3f}", annotation_position="top left")
     fig.update_layout(
-        title=f"Converting the {H}-head checkpoint ({grouping} groups): {label}<br><sub>bars: mean of "
-              f"{len(results['setup']['seeds'])} seeds; dots: each seed; dashed: MHA</sub>",
+        title=f"Converting the {H}-head checkpoint ({grouping} groups): {label}<br><sub>bars: mean of seeds "
+              f"{', '.join(map(str, seeds))}; dots: each seed; dashed: MHA</sub>",
         barmode="group", scattermode="group", height=430, legend_title_text="method",
     )
     fig.update_xaxes(title_text="KV heads G")
@@ -109,7 +111,7 @@ def conversion_figure(
 
 def uptraining_figure(
     results: Mapping, groups: Sequence[int], method: str = "mean", metric: str = "recall_acc",
-    grouping: str = "contiguous",
+    grouping: str = "contiguous", seeds=None,
 ) -> go.Figure:
     """Quality against the uptraining fraction alpha, one panel per G in ``groups`` (the paper's Figure 5).
 
@@ -119,11 +121,11 @@ def uptraining_figure(
     label = _metric_label(metric)
     H = _n_heads(results)
     alphas = list(results["setup"]["alphas"])
-    seeds = list(results["setup"]["seeds"])
+    seeds = list(results["setup"]["seeds"]) if seeds is None else list(seeds)
     x = [100 * a for a in alphas]
     fig = make_subplots(rows=1, cols=len(groups), shared_yaxes=True,
                         subplot_titles=[f"G = {group_label(g, H)}" for g in groups])
-    mha = [seed_stats(results, H, "mean", a, metric)["mean"] for a in alphas]
+    mha = [seed_stats(results, H, "mean", a, metric, seeds=seeds)["mean"] for a in alphas]
     for col, g in enumerate(groups, start=1):
         colour = _GROUP_COLOURS[(col - 1) % len(_GROUP_COLOURS)]
         for seed in seeds:
@@ -133,7 +135,7 @@ def uptraining_figure(
                 marker=dict(size=4), opacity=0.6, showlegend=False,
                 hovertemplate=f"G={g}, seed {seed}, alpha=%{{x}}%<br>{label}: %{{y:.3f}}<extra></extra>",
             ), row=1, col=col)
-        mean = [seed_stats(results, g, method, a, metric, grouping)["mean"] for a in alphas]
+        mean = [seed_stats(results, g, method, a, metric, grouping, seeds)["mean"] for a in alphas]
         fig.add_trace(go.Scatter(
             x=x, y=mean, mode="lines", line=dict(color=colour, width=4), name=f"G={group_label(g, H)}, mean",
             hovertemplate=f"G={g}, mean of seeds, alpha=%{{x}}%<br>{label}: %{{y:.3f}}<extra></extra>",
@@ -145,7 +147,7 @@ def uptraining_figure(
         ), row=1, col=col)
         fig.update_xaxes(title_text="alpha, % of pre-training", tickvals=x, row=1, col=col)
     fig.update_layout(
-        title=f"Uptraining after {method} conversion: {label}<br><sub>thin lines: each of {len(seeds)} seeds; "
+        title=f"Uptraining after {method} conversion: {label}<br><sub>thin lines: seeds {', '.join(map(str, seeds))}; "
               "thick: their mean; dashed: the multi-head model trained on</sub>",
         yaxis=dict(title=label), height=430,
     )

@@ -903,3 +903,20 @@ def test_benchmark_results_ship_as_package_data_too():
     assert "python -m gqa_lib.bench sweep --device cuda --json gqa_lib/data/benchmarks/" in (folder / "README.md").read_text()
     results = [p.name for p in folder.iterdir() if p.name != "README.md"]
     assert all(any(fnmatch.fnmatch(name, g) for g in globs) for name in results), results  # every result ships
+
+
+def test_learned_seeds_look_at_the_checkpoints_only_and_statistics_take_a_seed_subset(grid):
+    import copy
+
+    _, results = grid
+    fake = copy.deepcopy(results)
+    for p in fake["pretraining"]:
+        p["final"]["recall_acc"] = {0: experiments.LEARNED_RECALL, 1: 0.2}[p["seed"]]
+    assert experiments.learned_seeds(fake) == [0]
+    assert experiments.learned_seeds(fake, threshold=0.1) == [0, 1]
+    one = seed_stats(results, 1, "mean", 0.0, seeds=[1])
+    assert one["values"] == [find_run(results, 1, "mean", 1)[0]["recall_acc"]] and one["std"] == 0.0
+    d = experiments.paired_differences(results, 1, 0.0, ("mean", "contiguous"), ("first", "contiguous"), seeds=[0])
+    assert d["n"] == 1
+    with pytest.raises(KeyError):
+        seed_stats(results, 1, "mean", 0.0, seeds=[7])
