@@ -51,6 +51,22 @@ def _attention_layers(model: nn.Module) -> list[GroupedQueryAttention]:
     return layers
 
 
+def _run_hooked(model: nn.Module, tokens: torch.Tensor, hooks: list, batch_size: int) -> None:
+    """Run ``model`` over ``tokens`` in batches, in eval mode, for its forward ``hooks``; then remove them.
+
+    The model's train/eval mode is restored, whatever happens.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            model(tokens[start : start + batch_size])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def head_projections(model: nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> list[dict]:
     """Each head's q, k and v vectors on ``tokens`` (B, T): one dict per attention layer.
@@ -69,15 +85,7 @@ def head_projections(model: nn.Module, tokens: torch.Tensor, batch_size: int = 6
             hooks.append(proj.register_forward_hook(
                 lambda mod, inp, out, key=(i, name): store.setdefault(key, []).append(out.detach())
             ))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, tokens.shape[0], batch_size):
-            model(tokens[start : start + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _run_hooked(model, tokens, hooks, batch_size)
     result = []
     for i, attn in enumerate(layers):
         entry = {}
@@ -250,14 +258,7 @@ def attention_maps(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]
         )
         for i, attn in enumerate(layers)
     ]
-    was_training = model.training
-    model.eval()
-    try:
-        model(tokens)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    _run_hooked(model, tokens, hooks, tokens.shape[0])
     maps = []
     for i, attn in enumerate(layers):
         x, rope = captured[i]
