@@ -504,8 +504,8 @@ def jobs_for(step: str, setup: ExperimentSetup = SETUP) -> list[Job]:
                     for grouping in setup.groupings:
                         if G == H and (method, grouping) != ("mean", "contiguous"):
                             continue  # G = H is the multi-head model itself: one run, an exact copy
-                        if grouping == "similar" and method == "random":
-                            continue  # random K/V pool nothing
+                        if grouping == "similar" and (method == "random" or G == 1):
+                            continue  # random K/V pool nothing; with one group, every grouping is the same
                         jobs.append(Job("uptrain", seed, G, method, grouping))
         return jobs
     if step == "baselines":

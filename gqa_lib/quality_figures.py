@@ -53,6 +53,11 @@ def _n_heads(results: Mapping) -> int:
     return int(results["setup"]["model"]["n_heads"])
 
 
+def _grouping_of(method: str, n_kv_heads: int, grouping: str) -> str:
+    """The grouping a run was stored under: random init and G = 1 (one group) exist only as "contiguous"."""
+    return "contiguous" if method == "random" or n_kv_heads == 1 else grouping
+
+
 def _spread(stats: Sequence[Mapping]) -> dict:
     """error_y arguments spanning min..max around the mean of each point."""
     return dict(
@@ -69,8 +74,8 @@ def conversion_figure(
 
     Bars: mean over seeds of ``metric``; dots: every seed. A dashed line
     marks the multi-head model (G = H) at the same alpha. ``grouping`` picks
-    the runs (random initialisation has only contiguous runs); ``seeds`` the
-    seeds (default: all).
+    the runs (random initialisation and G = 1 have only contiguous runs);
+    ``seeds`` the seeds (default: all).
     """
     seeds = list(results["setup"]["seeds"]) if seeds is None else list(seeds)
     label = _metric_label(metric)
@@ -82,8 +87,8 @@ def conversion_figure(
     )
     for col, alpha in enumerate(alphas, start=1):
         for method in methods:
-            g_of_method = "contiguous" if method == "random" else grouping
-            stats = [seed_stats(results, g, method, alpha, metric, g_of_method, seeds) for g in groups]
+            stats = [seed_stats(results, g, method, alpha, metric, _grouping_of(method, g, grouping), seeds)
+                     for g in groups]
             x = [group_label(g, H) for g in groups]
             fig.add_trace(go.Bar(
                 x=x, y=[s["mean"] for s in stats], offsetgroup=method, opacity=0.55,
@@ -129,13 +134,14 @@ def uptraining_figure(
     for col, g in enumerate(groups, start=1):
         colour = _GROUP_COLOURS[(col - 1) % len(_GROUP_COLOURS)]
         for seed in seeds:
-            evals = find_run(results, g, method, seed, grouping)
+            evals = find_run(results, g, method, seed, _grouping_of(method, g, grouping))
             fig.add_trace(go.Scatter(
                 x=x, y=[e[metric] for e in evals], mode="lines+markers", line=dict(color=colour, width=1),
                 marker=dict(size=4), opacity=0.6, showlegend=False,
                 hovertemplate=f"G={g}, seed {seed}, alpha=%{{x}}%<br>{label}: %{{y:.3f}}<extra></extra>",
             ), row=1, col=col)
-        mean = [seed_stats(results, g, method, a, metric, grouping, seeds)["mean"] for a in alphas]
+        mean = [seed_stats(results, g, method, a, metric, _grouping_of(method, g, grouping), seeds)["mean"]
+                for a in alphas]
         fig.add_trace(go.Scatter(
             x=x, y=mean, mode="lines", line=dict(color=colour, width=4), name=f"G={group_label(g, H)}, mean",
             hovertemplate=f"G={g}, mean of seeds, alpha=%{{x}}%<br>{label}: %{{y:.3f}}<extra></extra>",

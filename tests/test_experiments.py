@@ -146,8 +146,10 @@ def test_grid_has_every_run_every_alpha_and_every_baseline(grid):
     _, results = grid
     keys = sorted((r["G"], r["method"], r["grouping"], r["seed"]) for r in results["runs"])
     # G = H (the multi-head model itself) is run once per seed ("mean", "contiguous": an exact copy)
+    # G = 1 is one group of every head: only contiguous (a similar grouping would be the same)
     expected = sorted([(g, m, gp, s) for s in (0, 1) for g in (1, 2) for m in ("mean", "first")
-                       for gp in ("contiguous", "similar")] + [(4, "mean", "contiguous", s) for s in (0, 1)])
+                       for gp in ("contiguous", "similar") if not (g == 1 and gp == "similar")]
+                      + [(4, "mean", "contiguous", s) for s in (0, 1)])
     assert keys == expected
     for run in results["runs"]:
         assert [e["alpha"] for e in run["evals"]] == [0.0, 0.1, 0.2]
@@ -173,7 +175,7 @@ def test_grid_alpha0_equals_converting_the_saved_checkpoint_now(grid):
     calibration = calibration_tokens(corpus, TINY)
     assert torch.equal(calibration, corpus.split("train")[0][:8])
     for G, method, grouping in [(1, "mean", "contiguous"), (2, "first", "contiguous"), (4, "mean", "contiguous"),
-                                (2, "mean", "similar"), (1, "first", "similar")]:
+                                (2, "mean", "similar"), (2, "first", "similar")]:
         converted = convert_to_gqa(model, G, method, seed=1, grouping=grouping,
                                    calibration=calibration if grouping == "similar" else None)
         live = evaluate(converted, corpus)
@@ -485,7 +487,8 @@ def test_experiment_setup_stores_tuples_and_allows_no_baselines():
 def test_jobs_for_each_step():
     pretrain, grid, baselines = jobs_for("pretrain", TINY), jobs_for("grid", TINY), jobs_for("baselines", TINY)
     assert [j.file for j in pretrain] == ["pretrained_seed0.safetensors", "pretrained_seed1.safetensors"]
-    assert len(grid) == 2 * (2 * 2 * 2 + 1)  # seeds x (G < H: methods x groupings, G = H: one run)
+    assert len(grid) == 2 * (2 * 2 + 2 + 1)  # seeds x (G = 2: methods x groupings, G = 1: methods, G = H: one)
+    assert not [j for j in grid if j.G == 1 and j.grouping == "similar"]  # one group: nothing to choose
     assert Job("uptrain", 1, 2, "first", "similar") in grid
     assert Job("uptrain", 0, 2, "first", "similar").file == "runs/uptrain_G2_first_similar_seed0.json"
     assert Job("uptrain", 0, 2, "first", "similar").needs == "pretrained_seed0.safetensors"
@@ -538,16 +541,16 @@ def test_cli_all_matches_the_library(cli_folder, grid):
 def test_cli_resumes_only_the_missing_run(cli_folder, tmp_path, monkeypatch, keep_threads):
     folder = _copy(cli_folder, tmp_path)
     before = json.loads((folder / "grid.json").read_text())
-    deleted = "runs/uptrain_G1_mean_similar_seed0.json"
+    deleted = "runs/uptrain_G2_mean_similar_seed0.json"
     (folder / "grid.json").unlink()
     (folder / deleted).unlink()
     kept = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
     ran = _record_jobs(monkeypatch)
     main(["all", "--out", str(folder)], setup=TINY)
-    assert ran == ["uptrain_G1_mean_similar_seed0"]
+    assert ran == ["uptrain_G2_mean_similar_seed0"]
     after = json.loads((folder / "grid.json").read_text())
     assert _without_timing(after) == _without_timing(before)
-    assert json.loads((folder / deleted).read_text())["evals"] == find_run(before, 1, "mean", 0, "similar")
+    assert json.loads((folder / deleted).read_text())["evals"] == find_run(before, 2, "mean", 0, "similar")
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # nothing else rewritten
 
 
