@@ -49,7 +49,7 @@ site-test: env browser
 bench: env
 	$(BIN)/python -m gqa_lib.bench attention
 
-## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 70 min on 2 CPU cores);
+## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 80 min on 2 CPU cores);
 ## interrupted, `$(BIN)/python -m gqa_lib.experiments all --jobs 2` (no --overwrite) resumes it
 experiments: env
 	$(BIN)/python -m gqa_lib.experiments all --jobs 2 --overwrite

@@ -1,6 +1,6 @@
 """The book's conversion and uptraining experiments (chapters 6-8), in miniature.
 
-Re-run everything from scratch (about 70 min on a 2-core CPU with ``--jobs 2``)::
+Re-run everything from scratch (about 80 min on a 2-core CPU with ``--jobs 2``)::
 
     python -m gqa_lib.experiments all --jobs 2 --overwrite   # rewrites gqa_lib/data/gqa_toy/
     python -m gqa_lib.experiments all --jobs 2 --out /tmp/x  # somewhere else
