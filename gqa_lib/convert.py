@@ -32,7 +32,9 @@ from .attention import GroupedQueryAttention
 from .checks import as_count
 from .head_similarity import head_projections, pooling_distance, similar_head_order
 
-__all__ = ["convert_to_gqa", "pool_heads", "permute_heads", "CONVERSION_METHODS", "GROUPINGS"]
+__all__ = [
+    "convert_to_gqa", "pool_heads", "permute_heads", "head_rows", "similar_orders", "CONVERSION_METHODS", "GROUPINGS",
+]
 
 CONVERSION_METHODS = ("mean", "first", "random")
 GROUPINGS = ("contiguous", "similar")
@@ -87,6 +89,25 @@ def _shrunk_linear(old: nn.Linear, n_heads: int, n_groups: int, method: str, gen
     return new
 
 
+def head_rows(order, head_dim: int) -> torch.Tensor:
+    """Row indices that reorder heads of ``head_dim`` rows each: new row r comes from old row ``head_rows[r]``.
+
+    New head ``i`` is old head ``order[i]``. Returns (len(order) * head_dim,) int64.
+    """
+    order = torch.tensor([int(h) for h in order])  # (H,)
+    return order.repeat_interleave(head_dim) * head_dim + torch.arange(head_dim).repeat(len(order))  # (H*D,)
+
+
+def similar_orders(model: nn.Module, calibration: torch.Tensor, n_kv_heads: int) -> list[list[int]]:
+    """For each attention layer of a multi-head ``model``, the head order of ``grouping="similar"``.
+
+    Heads whose K and V outputs on the ``calibration`` tokens (B, T) are
+    closest end up in the same contiguous group of H / ``n_kv_heads`` heads.
+    """
+    outputs = head_projections(model, calibration)  # one entry per attention layer, in module order
+    return [similar_head_order(pooling_distance(o["k"]) + pooling_distance(o["v"]), n_kv_heads) for o in outputs]
+
+
 def permute_heads(attn: GroupedQueryAttention, order) -> None:
     """Reorder the heads of a multi-head layer in place: new head ``i`` is old head ``order[i]``.
 
@@ -104,7 +125,7 @@ def permute_heads(attn: GroupedQueryAttention, order) -> None:
     order = [int(h) for h in order]
     if sorted(order) != list(range(H)):
         raise ValueError(f"order must be a permutation of 0..{H - 1}; got {order}")
-    rows = torch.tensor(order).repeat_interleave(D) * D + torch.arange(D).repeat(H)  # (H*D,): old row of new row
+    rows = head_rows(order, D)  # (H*D,): old row of each new row
     with torch.no_grad():
         for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
             proj.weight.copy_(proj.weight[rows])  # (H*D, d_model): head blocks of rows move
@@ -178,9 +199,7 @@ def convert_to_gqa(
     new_model = copy.deepcopy(model)
     new_layers = [m for m in new_model.modules() if isinstance(m, GroupedQueryAttention)]
     if grouping == "similar":
-        outputs = head_projections(model, calibration)  # one entry per attention layer, in module order
-        for attn, out in zip(new_layers, outputs):
-            order = similar_head_order(pooling_distance(out["k"]) + pooling_distance(out["v"]), n_kv_heads)
+        for attn, order in zip(new_layers, similar_orders(model, calibration, n_kv_heads)):
             permute_heads(attn, order)
             attn.head_order = order
     for attn in new_layers:

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checks import as_count
-from .convert import CONVERSION_METHODS, pool_heads
+from .convert import CONVERSION_METHODS, GROUPINGS, head_rows, pool_heads, similar_orders
 from .model import TransformerConfig, TransformerLM
 
 __all__ = ["config_from_hf", "config_to_hf", "from_pretrained", "save_pretrained", "convert_checkpoint", "main"]
@@ -182,6 +182,7 @@ def save_pretrained(model: TransformerLM, path: str | Path, dtype: torch.dtype |
 
 
 _KV_PROJECTION = re.compile(r"model\.layers\.\d+\.self_attn\.[kv]_proj\.(weight|bias)")
+_ATTENTION_TENSOR = re.compile(r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)")
 _INIT_STD = 0.02  # the std of a fresh projection (method="random"), as Llama initialises
 
 
@@ -195,8 +196,21 @@ def _convert_tensor(name: str, tensor: torch.Tensor, G0: int, G: int, method: st
     return pool_heads(tensor.float(), G0, G, method).to(tensor.dtype)  # pooled in float32, stored as it was
 
 
+def _reordered(name: str, tensor: torch.Tensor, orders: list[list[int]], head_dim: int) -> torch.Tensor:
+    """An attention tensor with its heads in the layer's new order (Q/K/V rows, O columns); others unchanged."""
+    match = _ATTENTION_TENSOR.fullmatch(name)
+    if match is None:
+        return tensor
+    layer, proj, kind = int(match[1]), match[2], match[3]
+    rows = head_rows(orders[layer], head_dim)  # (H*D,)
+    if proj == "o":
+        return tensor[:, rows] if kind == "weight" else tensor  # o_proj reads the heads through its columns
+    return tensor[rows]
+
+
 def convert_checkpoint(
     src: str | Path, dst: str | Path, n_kv_heads: int, method: str = "mean", seed: int = 0, overwrite: bool = False,
+    grouping: str = "contiguous", calibration: torch.Tensor | None = None,
 ) -> dict:
     """Convert a checkpoint folder's K/V projections to ``n_kv_heads`` heads, shard by shard, into ``dst``.
 
@@ -209,6 +223,13 @@ def convert_checkpoint(
     temporary name and renamed at the end, so a failure leaves nothing at ``dst``.
     Returns a report: ``shards``, ``largest_shard_bytes``, ``peak_rss_growth_bytes``
     (growth of the process's peak resident memory during the conversion), ``seconds``.
+
+    ``grouping="similar"`` (mean or first, multi-head checkpoints) first reads
+    the whole model once to compare its heads on ``calibration`` token ids
+    (B, T), as :func:`gqa_lib.convert_to_gqa` does, then reorders the heads of
+    each layer (Q, K, V rows and O columns, which leaves the multi-head model
+    unchanged) while it converts shard by shard; that step needs the model in
+    memory, the rest one shard at a time.
     """
     src, dst = Path(src), Path(dst)
     if method not in CONVERSION_METHODS:
@@ -225,6 +246,18 @@ def convert_checkpoint(
         raise ValueError(f"{dst} exists; choose another destination or pass overwrite=True")
     if dst.resolve() == src.resolve():
         raise ValueError(f"the destination {dst} is the source folder")
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}; got {grouping!r}")
+    orders = None
+    if grouping == "similar":
+        if method == "random" or calibration is None or G0 != config.n_heads:
+            raise ValueError("grouping='similar' needs method 'mean' or 'first', calibration token ids, and a "
+                             f"multi-head checkpoint; got method={method!r}, calibration "
+                             f"{'given' if calibration is not None else 'missing'}, {G0} KV heads for "
+                             f"{config.n_heads} query heads")
+        orders = similar_orders(from_pretrained(src), calibration, G)
+    elif calibration is not None:
+        raise ValueError("calibration tokens are only used with grouping='similar'")
     shards = _weight_files(src)
     start, rss_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     partial = dst.with_name(dst.name + ".partial")
@@ -239,6 +272,8 @@ def convert_checkpoint(
                 tensors = {}
                 for name in f.keys():
                     tensor = f.get_tensor(name)
+                    if orders is not None:
+                        tensor = _reordered(name, tensor, orders, config.head_dim)
                     if _KV_PROJECTION.fullmatch(name):
                         tensor = _convert_tensor(name, tensor, G0, G, method, seed)
                     tensors[name] = tensor.contiguous()
@@ -259,8 +294,11 @@ def convert_checkpoint(
         (partial / "README.md").write_text(
             f"# {dst.name}\n\nConverted by gqa_lib from `{src.name}`: the key and value projections of every layer "
             f"went from {G0} to {G} heads by {method!r} over contiguous groups of {G0 // G} heads (the grouped-query "
-            f"conversion of Ainslie et al., 2023); every other tensor is unchanged. Uptrain the model before use: "
-            f"a conversion loses quality until it is trained further.\n"
+            f"conversion of Ainslie et al., 2023)"
+            + (f", after reordering each layer's heads so that similar heads share a group (orders: {orders})"
+               if orders is not None else "")
+            + "; every other tensor is unchanged. Uptrain the model before use: a conversion loses quality until "
+            "it is trained further.\n"
         )
         if dst.exists():
             shutil.rmtree(dst)
@@ -269,6 +307,7 @@ def convert_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return {
+        "head_orders": orders,
         "shards": len(shards),
         "largest_shard_bytes": max(s.stat().st_size for s in shards),
         "peak_rss_growth_bytes": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024,
@@ -277,8 +316,20 @@ def convert_checkpoint(
     }
 
 
+def _read_calibration(path: Path) -> torch.Tensor:
+    """Token ids (B, T) from a JSON file holding a list of B lists of T integers."""
+    try:
+        ids = json.loads(Path(path).read_text())
+        tokens = torch.tensor(ids, dtype=torch.long)
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"--calibration {path}: expected a JSON list of equal-length lists of token ids ({e})") from None
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"--calibration {path}: expected a JSON list of equal-length lists of token ids")
+    return tokens
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m gqa_lib.hf convert SRC DST --kv-heads G [--method mean|first|random] [--overwrite]``."""
+    """``python -m gqa_lib.hf convert SRC DST --kv-heads G [--method M] [--grouping G --calibration F] [--overwrite]``."""
     parser = argparse.ArgumentParser(prog="python -m gqa_lib.hf", description="Hugging Face checkpoints and GQA.")
     sub = parser.add_subparsers(dest="command", required=True)
     convert = sub.add_parser("convert", help="convert a Llama-family checkpoint folder to G KV heads")
@@ -287,10 +338,16 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("--kv-heads", type=int, required=True, help="G, the number of KV heads after conversion")
     convert.add_argument("--method", choices=CONVERSION_METHODS, default="mean", help="how to build a KV head")
     convert.add_argument("--seed", type=int, default=0, help="seed of --method random")
+    convert.add_argument("--grouping", choices=GROUPINGS, default="contiguous",
+                         help="contiguous (the paper's) or similar (needs --calibration)")
+    convert.add_argument("--calibration", type=Path,
+                         help="JSON file of token-id lists of equal length, to compare heads on (--grouping similar)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
     try:
-        report = convert_checkpoint(args.src, args.dst, args.kv_heads, args.method, args.seed, args.overwrite)
+        calibration = _read_calibration(args.calibration) if args.calibration is not None else None
+        report = convert_checkpoint(args.src, args.dst, args.kv_heads, args.method, args.seed, args.overwrite,
+                                    args.grouping, calibration)
     except ValueError as e:
         parser.error(str(e))
     print(f"converted {args.src} -> {args.dst}: {report['shards']} shard(s), largest {report['largest_shard_bytes']:,} "

@@ -167,3 +167,43 @@ def test_convert_checkpoint_refuses_bad_input_and_writes_nothing(tmp_path, capsy
     assert "converted" in capsys.readouterr().out
     weights = hf.from_pretrained(tmp_path / "new").layers[0].self_attn.k_proj.weight.detach()
     assert weights.shape == (2 * 8, 32) and 0.01 < float(weights.std()) < 0.03
+
+
+@pytest.mark.parametrize("method", ["mean", "first"])
+def test_similar_grouping_in_the_cli_equals_convert_to_gqa_in_memory(tmp_path, method, capsys):
+    from gqa_lib.convert import convert_to_gqa
+
+    tiny_llama(8, 8, tie=False, seed=4).save_pretrained(tmp_path / "src", max_shard_size="30KB")
+    calibration = torch.randint(0, 61, (6, 12), generator=torch.Generator().manual_seed(5))
+    (tmp_path / "calibration.json").write_text(json.dumps(calibration.tolist()))
+    hf.main(["convert", str(tmp_path / "src"), str(tmp_path / "dst"), "--kv-heads", "2", "--method", method,
+             "--grouping", "similar", "--calibration", str(tmp_path / "calibration.json")])
+    assert "converted" in capsys.readouterr().out
+    in_memory = convert_to_gqa(hf.from_pretrained(tmp_path / "src"), 2, method, grouping="similar",
+                               calibration=calibration)
+    orders = [layer.self_attn.head_order for layer in in_memory.layers]
+    assert any(order != list(range(8)) for order in orders)  # the heads really were reordered
+    assert str(orders) in (tmp_path / "dst" / "README.md").read_text()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "dst").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(TOKENS).logits, in_memory(TOKENS), atol=1e-5, rtol=1e-5)
+
+
+def test_similar_grouping_refuses_what_it_cannot_do(tmp_path, capsys):
+    tiny_llama(8, 4).save_pretrained(tmp_path / "gqa")
+    tiny_llama(8, 8).save_pretrained(tmp_path / "mha")
+    tokens = torch.randint(0, 61, (2, 8))
+    with pytest.raises(ValueError, match="multi-head checkpoint"):
+        hf.convert_checkpoint(tmp_path / "gqa", tmp_path / "a", 2, grouping="similar", calibration=tokens)
+    with pytest.raises(ValueError, match="calibration missing"):
+        hf.convert_checkpoint(tmp_path / "mha", tmp_path / "b", 2, grouping="similar")
+    with pytest.raises(ValueError, match="method='random'"):
+        hf.convert_checkpoint(tmp_path / "mha", tmp_path / "c", 2, "random", grouping="similar", calibration=tokens)
+    with pytest.raises(ValueError, match="only used with grouping='similar'"):
+        hf.convert_checkpoint(tmp_path / "mha", tmp_path / "d", 2, calibration=tokens)
+    (tmp_path / "bad.json").write_text("[[1, 2], [3]]")
+    with pytest.raises(SystemExit):
+        hf.main(["convert", str(tmp_path / "mha"), str(tmp_path / "e"), "--kv-heads", "2", "--grouping", "similar",
+                 "--calibration", str(tmp_path / "bad.json")])
+    assert "--calibration" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abcde")
