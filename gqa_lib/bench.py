@@ -129,19 +129,15 @@ def bench_attention_decode(
             kv_bytes = 2 * k.numel() * k.element_size()  # the Tk positions read, not the spare ones
             for name in implementations:
                 t = best[g, name]
-                rows.append(
-                    {
-                        "G": g,
-                        "impl": name,
-                        "ms": t.median_ms,
-                        "iqr_ms": t.iqr_s * 1e3,
-                        "kv_bytes": kv_bytes,
-                        "kv_gbps": kv_bytes / t.median_s / 1e9,
-                    }
-                )
+                rows.append(_timing_row(g, name, t, kv_bytes=kv_bytes, kv_gbps=kv_bytes / t.median_s / 1e9))
         del inputs, calls
         _release_memory(device)
     return rows
+
+
+def _timing_row(g: int, impl: str, timing, **extra) -> dict:
+    """One result row: ``G``, ``impl``, median ``ms`` and ``iqr_ms`` of ``timing``, then ``extra`` fields."""
+    return {"G": g, "impl": impl, "ms": timing.median_ms, "iqr_ms": timing.iqr_s * 1e3, **extra}
 
 
 def _random(shape: tuple, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -294,17 +290,10 @@ def bench_model_decode(
         best = time_interleaved({(g, name): step for g, name, _m, _c, step in setups}, rounds, min_run_time)
         for g, name, model, cache, _step in setups:
             t = best[g, name]
-            rows.append(
-                {
-                    "G": g,
-                    "impl": name,
-                    "ms": t.median_ms,
-                    "iqr_ms": t.iqr_s * 1e3,
-                    "tokens_per_s": batch_size / t.median_s,
-                    "weight_bytes": model.num_parameters() * elem,
-                    "kv_bytes": cache.nbytes * context // cache.max_len,  # the filled part, read each step
-                }
-            )
+            rows.append(_timing_row(
+                g, name, t, tokens_per_s=batch_size / t.median_s, weight_bytes=model.num_parameters() * elem,
+                kv_bytes=cache.nbytes * context // cache.max_len,  # the filled part, read each step
+            ))
         del setups
         _release_memory(device)
     return rows

@@ -21,6 +21,15 @@ SMALL = PRESETS["Mistral 7B"]
 TINY = dataclasses.replace(SMALL, name="tiny", head_dim=8)
 
 
+def _shown_explorer(monkeypatch):
+    """(calls, explorer): a Llama 2 7B explorer at G=8, context 1024, its panel built, measuring with a fake."""
+    calls = []
+    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
+    ex.widget()
+    return calls, ex
+
+
 def _fake_measure(calls=None):
     """A stand-in for measure_decode_per_group: G ms per G, recording (preset, batch, context, dtype, threads)."""
     def fake(preset, batch_size, context, dtype, device, num_threads=None, **_):
@@ -217,10 +226,7 @@ def test_explorer_status_says_slower_when_a_G_is_slower(monkeypatch):
 
 
 def test_explorer_sliders_report_once_when_released(monkeypatch):
-    calls = []
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
-    ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
-    ex.widget()
+    calls, ex = _shown_explorer(monkeypatch)
     c = ex._controls
     for name in ("G", "context", "batch_size"):
         assert c[name].continuous_update is False, name  # no value (and no measurement) while dragging
@@ -230,10 +236,7 @@ def test_explorer_sliders_report_once_when_released(monkeypatch):
 
 
 def test_explorer_set_after_the_panel_is_shown_moves_every_control(monkeypatch):
-    calls = []
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
-    ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
-    ex.widget()
+    calls, ex = _shown_explorer(monkeypatch)
     c = ex._controls
     n = len(calls)
     ex.set(preset="Llama 2 70B", G=16, context=4096, batch_size=4, dtype="bfloat16")
