@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -213,24 +212,10 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"config": json.dumps(asdict(model.config)), "metadata": meta}
-    tensors = _storable_tensors(model)
-    if dtype is not None:
-        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    tensors = model.tensors_to_store(dtype)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=header)
     partial.replace(path)  # a file at ``path`` is always complete, even if interrupted
-
-
-def _storable_tensors(model: TransformerLM) -> dict[str, torch.Tensor]:
-    """The state dict as safetensors can store it: CPU, contiguous, a tied ``lm_head.weight`` left out.
-
-    A tied output head is the embedding matrix itself (safetensors refuses two
-    names for one storage); Hugging Face's tied checkpoints leave it out too.
-    """
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)
-    return tensors
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[TransformerLM, dict]:
@@ -541,19 +526,23 @@ def run_job(job: Job, setup: ExperimentSetup, corpus: ToyCorpus, out: Path, prog
     _write_json(out / job.file, {**key, **result, "seconds": seconds, "threads": torch.get_num_threads()})
 
 
+def _lock(out: Path, job: Job) -> Path:
+    """The lock file that says a worker is running ``job``."""
+    return out / RUNS_DIR / CLAIMS_DIR / f"{job.name}.lock"
+
+
 def _claim(out: Path, job: Job) -> bool:
     """Take ``job`` for this process (False if another worker holds it): an exclusively created lock file."""
-    claims = out / RUNS_DIR / CLAIMS_DIR
-    claims.mkdir(parents=True, exist_ok=True)
+    _lock(out, job).parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.close(os.open(claims / f"{job.name}.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(_lock(out, job), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return False
     return True
 
 
 def _release(out: Path, job: Job) -> None:
-    (out / RUNS_DIR / CLAIMS_DIR / f"{job.name}.lock").unlink(missing_ok=True)
+    _lock(out, job).unlink(missing_ok=True)
 
 
 def work_through(
@@ -597,7 +586,7 @@ def work_through(
             pending = [j for j in jobs if not (out / j.file).exists()]
             if not pending:
                 return ran
-            if not waiting and all((out / RUNS_DIR / CLAIMS_DIR / f"{j.name}.lock").exists() for j in pending):
+            if not waiting and all(_lock(out, j).exists() for j in pending):
                 return ran  # everything left is running in other workers
             time.sleep(poll_seconds)
 

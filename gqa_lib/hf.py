@@ -172,9 +172,7 @@ def save_pretrained(model: TransformerLM, path: str | Path, dtype: torch.dtype |
     if existing:
         raise ValueError(f"{folder} already holds {existing}; choose an empty folder")
     dtype = dtype or model.lm_head.weight.dtype
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        tensors.pop("lm_head.weight")
+    tensors = model.tensors_to_store(dtype)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config_to_hf(model.config, dtype), indent=2) + "\n")

@@ -140,6 +140,18 @@ class TransformerLM(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def tensors_to_store(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The state dict as a safetensors file holds it: CPU, contiguous, in ``dtype`` (default: as it is).
+
+        A tied output head is the embedding matrix itself, so ``lm_head.weight``
+        is left out (safetensors refuses two names for one storage; Hugging
+        Face's tied checkpoints leave it out too).
+        """
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        if self.config.tie_word_embeddings:
+            tensors.pop("lm_head.weight")
+        return tensors
+
     @property
     def layers(self) -> nn.ModuleList:
         """The decoder layers (``self.model.layers``); ``layers[i].self_attn`` is layer i's attention."""
