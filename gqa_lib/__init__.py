@@ -19,6 +19,7 @@ from .convert import convert_to_gqa
 from .corpus import CorpusConfig, make_corpus
 from .kv_cache import KVCache, kv_cache_bytes
 from .model import TransformerConfig, TransformerLM
+from .model_configs import REAL_MODELS, RealModel, load_real_model
 from .presets import PRESETS, ModelPreset, get_preset
 from .source import show_source
 from .timing import device_name, pick_device
@@ -46,4 +47,7 @@ __all__ = [
     "repeat_kv_attention",
     "sdpa_attention",
     "show_source",
+    "REAL_MODELS",
+    "RealModel",
+    "load_real_model",
 ]

@@ -17,7 +17,7 @@ import uuid
 import plotly
 import plotly.graph_objects as go
 
-__all__ = ["show", "PlotlyHTML", "figure_html"]
+__all__ = ["show", "PlotlyHTML", "figure_html", "run_with_plotly"]
 
 _CDN = "https://cdn.plot.ly/plotly-{version}.min.js"
 
@@ -40,13 +40,19 @@ def figure_html(fig: go.Figure, div_id: str | None = None) -> str:
     }
     fig_json = json.dumps(payload, cls=plotly.utils.PlotlyJSONEncoder)
     height = fig.layout.height or 450
-    cdn = _CDN.format(version=_plotlyjs_version())
     return (
         f'<div id="{html.escape(div_id)}" class="gqa-plotly plotly-graph-div" style="width:100%;height:{int(height)}px;"></div>\n'
+        + run_with_plotly(f"var fig = {fig_json};\nPlotly.newPlot('{div_id}', fig);")
+    )
+
+
+def run_with_plotly(body: str) -> str:
+    """A script that runs the JavaScript ``body`` once window.Plotly exists (loaded from the CDN if absent)."""
+    cdn = _CDN.format(version=_plotlyjs_version())
+    return (
         "<script type=\"text/javascript\">\n"
         "(function () {\n"
-        f"  var fig = {fig_json};\n"
-        f"  function draw() {{ Plotly.newPlot('{div_id}', fig); }}\n"
+        f"  function draw() {{\n{body}\n}}\n"
         "  if (window.Plotly) { draw(); return; }\n"
         "  var s = document.createElement('script');\n"
         f"  s.src = '{cdn}'; s.onload = draw;\n"
