@@ -21,6 +21,7 @@ import json
 import re
 import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -206,6 +207,20 @@ def _reordered(name: str, tensor: torch.Tensor, orders: list[list[int]], head_di
     return tensor[rows]
 
 
+def resident_bytes() -> int:
+    """Bytes of this process's memory resident now (Linux: /proc/self/statm); elsewhere its peak so far.
+
+    The peak (``getrusage``) cannot tell a conversion's memory from what the
+    imports before it used, so where the current value can be read it is used.
+    """
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def convert_checkpoint(
     src: str | Path, dst: str | Path, n_kv_heads: int, method: str = "mean", seed: int = 0, overwrite: bool = False,
     grouping: str = "contiguous", calibration: torch.Tensor | None = None,
@@ -220,7 +235,8 @@ def convert_checkpoint(
     ``dst`` must not exist unless ``overwrite``; the folder is written under a
     temporary name and renamed at the end, so a failure leaves nothing at ``dst``.
     Returns a report: ``shards``, ``largest_shard_bytes``, ``peak_rss_growth_bytes``
-    (growth of the process's peak resident memory during the conversion), ``seconds``.
+    (the most the process's resident memory rose above its level at the start,
+    sampled while each shard is held; see :func:`resident_bytes`), ``seconds``.
 
     ``grouping="similar"`` (mean or first, multi-head checkpoints) first reads
     the whole model once to compare its heads on ``calibration`` token ids
@@ -257,7 +273,8 @@ def convert_checkpoint(
     elif calibration is not None:
         raise ValueError("calibration tokens are only used with grouping='similar'")
     shards = _weight_files(src)
-    start, rss_before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start, rss_before = time.perf_counter(), resident_bytes()
+    rss_peak = rss_before
     partial = dst.with_name(dst.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -276,6 +293,7 @@ def convert_checkpoint(
                         tensor = _convert_tensor(name, tensor, G0, G, method, seed)
                     tensors[name] = tensor.contiguous()
             save_file(tensors, str(partial / shard.name), metadata=metadata)
+            rss_peak = max(rss_peak, resident_bytes())  # the shard, converted, is still held here
             sizes.update({name: t.numel() * t.element_size() for name, t in tensors.items()})
             del tensors
         index = src / INDEX_FILE
@@ -308,7 +326,7 @@ def convert_checkpoint(
         "head_orders": orders,
         "shards": len(shards),
         "largest_shard_bytes": max(s.stat().st_size for s in shards),
-        "peak_rss_growth_bytes": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024,
+        "peak_rss_growth_bytes": rss_peak - rss_before,
         "seconds": round(time.perf_counter() - start, 3),
         "copied": copied,
     }
