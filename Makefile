@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Plotly figures render as HTML with plotly.js served once from _static (see gqa_lib/plots.py).
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: env browser book test unit notebooks-test site site-test bench experiments repo clean
+.PHONY: env browser book test unit notebooks-test site site-test bench experiments minilm repo clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
@@ -55,6 +55,12 @@ bench: env
 ## interrupted, `$(BIN)/python -m gqa_lib.experiments all --jobs 2` (no --overwrite) resumes it
 experiments: env
 	$(BIN)/python -m gqa_lib.experiments all --jobs 2 --overwrite
+
+## re-run chapter 9's MiniLM experiment (all-MiniLM-L6-v2 converted to G KV heads, then distilled; about 30 min
+## on 2 CPU cores): the seed-0 grid, then the extra seeds of the G=3 and G=1 runs
+minilm: env
+	$(BIN)/python -m gqa_lib.minilm_experiment run --jobs 2
+	$(BIN)/python -m gqa_lib.minilm_experiment run --only-missing --jobs 2
 
 ## make repo URL=https://github.com/OWNER/NAME [BRANCH=main]: point the book at its repository, in one go
 ## (_config.yml's repository url/branch, every chapter's set-up cell, links in the top-level pages)

@@ -41,7 +41,7 @@ from .plots import run_with_plotly
 __all__ = [
     "Device", "DEVICES", "MEMORIES_GB", "CACHE_DTYPES", "CONTEXTS", "BATCHES",
     "kv_bytes_per_sequence", "kv_bytes_split", "weight_bytes_read_per_step", "max_batch",
-    "decode_tokens_per_second_bound", "calculator_data", "calculator", "Calculator",
+    "decode_tokens_per_second_bound", "decode_flops_per_token", "choose_n_kv_heads", "calculator_data", "calculator", "Calculator",
 ]
 
 GB = 1e9  # memory sizes and bandwidths are decimal, as on the datasheets
@@ -147,15 +147,66 @@ def max_batch(model: RealModel | str, memory_bytes: float, context: int, n_kv_he
     return int(free // kv_bytes_per_sequence(model, context, g, bytes_per_elem))
 
 
+def decode_flops_per_token(model: RealModel | str, context: int) -> float:
+    """FLOPs to generate one token at ``context``: 2 per active parameter, plus attention's
+    Q.K and P.V products, 4 * layers * H * D * context (independent of G: every query head still
+    attends over every position)."""
+    model = _model(model)
+    context = as_count("context", context)
+    return 2.0 * model.n_active_params + 4.0 * model.n_layers * model.n_heads * model.head_dim * context
+
+
 def decode_tokens_per_second_bound(model: RealModel | str, batch: int, context: int, bandwidth_bytes_per_s: float,
-                                   n_kv_heads: int | None = None, bytes_per_elem: int = 2) -> float:
-    """Upper bound on generated tokens/s of a memory-bound decode step (weights read once per step)."""
+                                   n_kv_heads: int | None = None, bytes_per_elem: int = 2,
+                                   peak_flops: float | None = None) -> float:
+    """Upper bound on generated tokens/s of a decode step at ``batch``: the memory bound (weights read once
+    per step, every sequence's cache once), and, with ``peak_flops`` (FLOP/s), also the compute bound
+    ``batch * peak_flops / (batch * decode_flops_per_token)``; the smaller of the two."""
     if not bandwidth_bytes_per_s > 0:
         raise ValueError(f"bandwidth_bytes_per_s must be positive; got {bandwidth_bytes_per_s!r}")
+    if peak_flops is not None and not peak_flops > 0:
+        raise ValueError(f"peak_flops must be positive; got {peak_flops!r}")
     model = _model(model)
     step_bytes = weight_bytes_read_per_step(model, batch, n_kv_heads, bytes_per_elem) + batch * kv_bytes_per_sequence(
         model, context, n_kv_heads, bytes_per_elem)
-    return batch * bandwidth_bytes_per_s / step_bytes
+    memory_bound = batch * bandwidth_bytes_per_s / step_bytes
+    if peak_flops is None:
+        return memory_bound
+    return min(memory_bound, peak_flops / decode_flops_per_token(model, context))
+
+
+def choose_n_kv_heads(model: RealModel | str, device: Device, context: int, quality_loss: dict[int, float],
+                      tolerance: float, bytes_per_elem: int = 2, peak_flops: float | None = None,
+                      near: float = 0.02, tp_degree: int = 1) -> dict:
+    """A worked rule for G: among the G whose ``quality_loss`` (e.g. points lost against MHA) is within
+    ``tolerance``, take the highest decode throughput bound at the largest batch that fits on ``device``;
+    any G within ``near`` (2%) of that throughput counts as a tie, and ties go to the larger G (better
+    quality). ``device`` may stand for several GPUs (their memory and bandwidth summed) split by tensor
+    parallelism of degree ``tp_degree``: then a G below it is stored ``tp_degree / G`` times (chapter 10).
+    Returns ``{"choice": G or None, "rows": [per G: batch, tokens_per_s, quality_loss, allowed]}``.
+    """
+    model = _model(model)
+    tp_degree = as_count("tp_degree", tp_degree)
+    rows = []
+    for g in sorted(quality_loss):
+        # tensor parallelism stores each KV head on W/G ranks when G < W: the cache of max(G, W) heads
+        kv = kv_bytes_per_sequence(model, context, max(g, tp_degree), bytes_per_elem)
+        free = device.memory_bytes - model.weight_bytes(bytes_per_elem=bytes_per_elem, n_kv_heads=g)
+        b = int(free // kv) if free > 0 else 0
+        tps = 0.0
+        if b:
+            step = weight_bytes_read_per_step(model, b, g, bytes_per_elem) + b * kv
+            tps = b * device.bandwidth_bytes_per_s / step
+            if peak_flops is not None:
+                tps = min(tps, peak_flops / decode_flops_per_token(model, context))
+        rows.append({"G": g, "batch": b, "tokens_per_s": tps, "quality_loss": quality_loss[g],
+                     "allowed": quality_loss[g] <= tolerance and b > 0})
+    allowed = [r for r in rows if r["allowed"]]
+    if not allowed:
+        return {"choice": None, "rows": rows}
+    best = max(r["tokens_per_s"] for r in allowed)
+    choice = max(r["G"] for r in allowed if r["tokens_per_s"] >= (1 - near) * best)
+    return {"choice": choice, "rows": rows}
 
 
 def _divisors(n: int) -> list[int]:

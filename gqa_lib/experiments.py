@@ -55,6 +55,9 @@ from .train import TrainRecipe, TrainResult, alpha_to_steps, evaluate, train, up
 
 __all__ = [
     "ExperimentSetup",
+    "median_grad_norm",
+    "late_peak",
+    "late_spikes",
     "SETUP",
     "DATA_DIR",
     "Job",
@@ -666,6 +669,25 @@ def run_record(results: dict, n_kv_heads: int, method: str, seed: int, grouping:
 def find_run(results: dict, n_kv_heads: int, method: str, seed: int, grouping: str = "contiguous") -> list[dict]:
     """The evaluations (one dict per alpha) of one uptraining run."""
     return run_record(results, n_kv_heads, method, seed, grouping)["evals"]
+
+
+def median_grad_norm(trace: dict) -> float:
+    """The median of a training trace's per-bin largest gradient norms (before clipping)."""
+    norms = sorted(trace["grad_norm_max"])
+    return norms[len(norms) // 2]
+
+
+def late_peak(trace: dict, skip: float = 0.2) -> float:
+    """The largest gradient norm after the first ``skip`` of the run (the transient after conversion)."""
+    norms = trace["grad_norm_max"]
+    return max(norms[int(len(norms) * skip):])
+
+
+def late_spikes(trace: dict, skip: float = 0.2, factor: float = 3.0) -> int:
+    """Bins after the first ``skip`` of the run whose largest gradient norm exceeds ``factor`` times the
+    run's median bin: loss-spike candidates, counted where the transient after conversion is over."""
+    norms, median = trace["grad_norm_max"], median_grad_norm(trace)
+    return sum(n > factor * median for n in norms[int(len(norms) * skip):])
 
 
 def find_baseline(results: dict, n_kv_heads: int, budget: str, seed: int) -> dict:

@@ -100,3 +100,44 @@ def test_calculator_html_is_self_contained():
     assert 'id="calc-test"' in page and "Plotly.react" in page and "NaN" not in page
     bundle = capacity.calculator()._repr_mimebundle_()
     assert set(bundle) == {"text/html", "text/plain"}
+
+
+def test_compute_bound_caps_the_memory_bound():
+    m = load_real_model("Llama 3.1 8B")
+    flops = capacity.decode_flops_per_token(m, 8192)
+    assert flops == 2 * m.n_params + 4 * 32 * 32 * 128 * 8192
+    mem = capacity.decode_tokens_per_second_bound(m, 479, 8192, 3.35e12, n_kv_heads=1)
+    capped = capacity.decode_tokens_per_second_bound(m, 479, 8192, 3.35e12, n_kv_heads=1, peak_flops=989e12)
+    assert capped == min(mem, 989e12 / flops)
+    with pytest.raises(ValueError, match="peak_flops"):
+        capacity.decode_tokens_per_second_bound(m, 1, 8192, 3.35e12, peak_flops=0)
+
+
+def test_choose_n_kv_heads_prefers_the_larger_g_among_ties():
+    m = load_real_model("Llama 3.1 8B")
+    h100 = next(d for d in capacity.DEVICES if d.name.startswith("NVIDIA H100"))
+    loss = {32: 0.0, 8: 0.1, 4: 0.3, 1: 0.6}
+    strict = capacity.choose_n_kv_heads(m, h100, 8192, loss, tolerance=0.0)
+    assert strict["choice"] == 32
+    loose = capacity.choose_n_kv_heads(m, h100, 8192, loss, tolerance=1.0)
+    assert loose["choice"] == 1  # memory-bound only: the smallest cache wins
+    capped = capacity.choose_n_kv_heads(m, h100, 8192, loss, tolerance=1.0, peak_flops=989e12)
+    rows = {r["G"]: r for r in capped["rows"]}
+    best = max(r["tokens_per_s"] for r in capped["rows"])
+    assert rows[capped["choice"]]["tokens_per_s"] >= 0.98 * best
+    assert all(rows[g]["tokens_per_s"] < 0.98 * best for g in rows if g > capped["choice"])
+    assert capacity.choose_n_kv_heads("Llama 3.1 405B", h100, 8192, loss, 1.0)["choice"] is None
+
+
+def test_choose_n_kv_heads_counts_tensor_parallel_replication():
+    m = load_real_model("Llama 3.1 70B")
+    server = capacity.Device("8 x H100", 8 * 80e9, 8 * 3350e9)
+    loss = {64: 0.0, 8: 0.1, 1: 0.6}
+    one = capacity.choose_n_kv_heads(m, server, 8192, loss, tolerance=1.0)
+    eight = capacity.choose_n_kv_heads(m, server, 8192, loss, tolerance=1.0, tp_degree=8)
+    assert one["choice"] == 1 and eight["choice"] == 8  # below W, MQA's cache is stored 8 times: no gain
+    rows = {r["G"]: r for r in eight["rows"]}
+    per_seq = capacity.kv_bytes_per_sequence(m, 8192, 8)
+    assert rows[1]["batch"] == int((server.memory_bytes - m.weight_bytes(n_kv_heads=1)) // per_seq)
+    with pytest.raises(ValueError, match="tp_degree"):
+        capacity.choose_n_kv_heads(m, server, 8192, loss, 1.0, tp_degree=0)
