@@ -334,7 +334,7 @@ _FORM = """<div id="{id}" class="gqa-calculator" style="font-size:0.9em">
 <tr><td>sequences that fit on the chosen device</td><td data-calc="fits-device"></td></tr>
 <tr><td>decode tokens/s bound at the chosen batch (memory-bound)</td><td data-calc="tps"></td></tr>
 </table>
-<div data-calc="plot" class="gqa-plotly" style="width:100%;height:360px"></div>
+<div data-calc="plot" class="gqa-plotly plotly-graph-div" style="width:100%;height:360px"></div>
 </div>"""
 
 

@@ -153,11 +153,11 @@ class KVCache:
             self.lengths = saved
             raise
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k, v of shape (B, G, T, D) to ``layer``; return all cached (B, G, length, D).
+    def _checked_update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
+        """Check an update of ``layer`` by k, v (B, G, T, D); return (layer, first, end) positions to write.
 
-        k and v must have the cache's dtype and device. Nothing is written
-        unless every check passes.
+        Raises ValueError naming the bad value (layer, type, dtype, device, shape, overflow); shared by
+        every cache class, so each accepts exactly the same updates.
         """
         layer = as_count("layer", layer, minimum=0)
         if layer >= self.n_layers:
@@ -181,6 +181,15 @@ class KVCache:
                 f"KV cache overflow: {start} cached + {new} new positions exceeds max_len={self.max_len}"
             )
         end = start + new
+        return layer, start, end
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v of shape (B, G, T, D) to ``layer``; return all cached (B, G, length, D).
+
+        k and v must have the cache's dtype and device. Nothing is written
+        unless every check passes.
+        """
+        layer, start, end = self._checked_update(layer, k, v)
         self.keys[layer, :, :, start:end] = k.detach()
         self.values[layer, :, :, start:end] = v.detach()
         self.lengths[layer] = end

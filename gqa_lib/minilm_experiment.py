@@ -49,8 +49,10 @@ The seeds were added afterwards with ``run --only-missing``, which reads the
 file, runs only the jobs whose result it lacks (here the 12 extra-seed
 runs, about 170 s each: about 17 minutes on 2 workers) and writes the merged
 file, the first run's ``wall_seconds`` kept and the new runs' wall time in
-``extra_wall_seconds``. A run from scratch now has 21 uptraining runs, about
-31 minutes with ``--jobs 2``.
+``extra_wall_seconds``: 1,564 s (26 minutes), as the machine was shared with
+other work then (179-301 s per run, 0.93 s per step on average over all 21
+runs in ``seconds_per_step_mean``); seed 0's numbers were unchanged. A run
+from scratch now has 21 uptraining runs, about 31 minutes with ``--jobs 2``.
 
 The main process embeds the training and held-out sentences with the
 original model once and hands them to the workers in a safetensors file; the

@@ -235,8 +235,12 @@ class TransformerLM(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        new_cache=None,
     ) -> torch.Tensor:
         """Continue ``idx`` (B, T) by ``max_new_tokens`` tokens, decoding through a KV cache.
+
+        ``new_cache(batch_size, max_len)`` makes that cache (default: :meth:`new_cache`; chapter 10
+        passes one that builds a quantized cache).
 
         The prompt is run once (prefill, logits for its last position only);
         each new token then costs one forward pass over a single position.
@@ -257,7 +261,7 @@ class TransformerLM(nn.Module):
             )
         if max_new_tokens == 0:
             return idx
-        cache = self.new_cache(idx.shape[0], total)
+        cache = (new_cache or self.new_cache)(idx.shape[0], total)
         logits = self(idx, cache=cache, last_only=True)[:, -1, :]  # (B, V): prefill
         out = [idx]
         for step in range(max_new_tokens):

@@ -341,28 +341,7 @@ class QuantizedKVCache(KVCache):
         k and v must have the cache's dtype and device. Nothing is written
         unless every check passes (the same checks and messages as KVCache).
         """
-        layer = as_count("layer", layer, minimum=0)
-        if layer >= self.n_layers:
-            raise ValueError(f"layer must be in [0, {self.n_layers}); got {layer}")
-        for name, t in (("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor):
-                raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
-            if t.dtype != self.dtype:
-                raise ValueError(f"{name} has dtype {t.dtype} but the cache holds {self.dtype}")
-            if t.device != self.device:
-                raise ValueError(f"{name} is on {t.device} but the cache is on {self.device}")
-        expected = (self.batch_size, self.n_kv_heads, self.head_dim)
-        if k.shape != v.shape or k.dim() != 4 or (k.shape[0], k.shape[1], k.shape[3]) != expected:
-            raise ValueError(
-                f"k and v must have shape (B={expected[0]}, G={expected[1]}, T, D={expected[2]}); "
-                f"got k {tuple(k.shape)}, v {tuple(v.shape)}"
-            )
-        start, new = self.lengths[layer], k.shape[2]
-        if start + new > self.max_len:
-            raise ValueError(
-                f"KV cache overflow: {start} cached + {new} new positions exceeds max_len={self.max_len}"
-            )
-        end = start + new
+        layer, start, end = self._checked_update(layer, k, v)
         kq, ks = self._quantize(k.detach())
         vq, vs = self._quantize(v.detach())
         self.keys_q[layer, :, :, start:end] = kq
@@ -421,29 +400,8 @@ def generate_quantized(
     if not isinstance(model, TransformerLM):
         raise ValueError(f"model must be a TransformerLM; got {type(model).__name__}")
     bits = _check_bits(bits)
-    model._check_tokens(idx)
-    max_new_tokens = as_count("max_new_tokens", max_new_tokens, minimum=0)
-    temperature = as_non_negative_float("temperature", temperature)
-    if top_k is not None:
-        top_k = as_count("top_k", top_k)
-        if top_k > model.config.vocab_size:
-            raise ValueError(f"top_k must be between 1 and vocab_size={model.config.vocab_size}; got {top_k}")
-    total = idx.shape[1] + max_new_tokens
-    if total > model.config.max_seq_len:
-        raise ValueError(
-            f"prompt of {idx.shape[1]} + {max_new_tokens} new tokens exceeds max_seq_len={model.config.max_seq_len}"
-        )
-    if max_new_tokens == 0:
-        return idx
-    cache = new_quantized_cache(model, idx.shape[0], total, bits)
-    logits = model(idx, cache=cache, last_only=True)[:, -1, :]  # (B, V): prefill
-    out = [idx]
-    for step in range(max_new_tokens):
-        next_token = model._sample(logits, temperature, top_k, generator)  # (B, 1)
-        out.append(next_token)
-        if step + 1 < max_new_tokens:
-            logits = model(next_token, cache=cache)[:, -1, :]  # (B, V)
-    return torch.cat(out, dim=1)
+    return model.generate(idx, max_new_tokens, temperature, top_k, generator,
+                          new_cache=lambda batch_size, max_len: new_quantized_cache(model, batch_size, max_len, bits))
 
 
 # ----------------------------------------------------------------------------- quality on the toy corpus
