@@ -382,6 +382,24 @@ def _rank_main(fn, rank: int, world_size: int, port: int, timeout_s: float, args
         results.put((rank, False, traceback.format_exc()))
 
 
+def _failure_report(failed: dict[int, str], results, world_size: int, grace_s: float = 2.0) -> str:
+    """All ranks' tracebacks, the cause first: when one rank raises, its peers soon fail too ("connection
+    closed by peer"), and whichever the queue delivers first need not be the cause. Waits up to ``grace_s``
+    for the other ranks' reports, then lists those that are not mere lost connections first."""
+    end = time.monotonic() + grace_s
+    while len(failed) < world_size and time.monotonic() < end:
+        try:
+            rank, ok, payload = results.get(timeout=0.1)
+        except queue_module.Empty:
+            continue
+        if not ok:
+            failed[rank] = payload
+    def lost_peer(text: str) -> bool:
+        return "Connection closed by peer" in text or "remote worker crashing" in text
+    order = sorted(failed, key=lambda r: (lost_peer(failed[r]), r))
+    return "\n".join(f"rank {r} of {world_size} raised:\n{failed[r]}" for r in order)
+
+
 def run_tensor_parallel(
     fn: Callable[..., Any], world_size: int, *, args: tuple = (), timeout_s: float = 60.0
 ) -> list[Any]:
@@ -449,7 +467,7 @@ def run_tensor_parallel(
                         raise RuntimeError(f"rank {rank} of {world_size} died with exit code {proc.exitcode}")
                 continue
             if not ok:
-                raise RuntimeError(f"rank {rank} of {world_size} raised:\n{payload}")
+                raise RuntimeError(_failure_report({rank: payload}, results, world_size))
             done[rank] = payload
         for rank, proc in enumerate(procs):
             proc.join(max(0.0, deadline - time.monotonic()))
