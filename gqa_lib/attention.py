@@ -24,6 +24,8 @@ from .kv_cache import KVCache
 from .rope import apply_rope
 
 __all__ = [
+    "attend_heads",
+    "check_layer_input",
     "grouped_attention",
     "grouped_matmul_attention",
     "repeat_kv",
@@ -229,6 +231,45 @@ def check_head_counts(d_model: int, n_heads: int, n_kv_heads: int) -> tuple[int,
     return d_model, n_heads, n_kv_heads
 
 
+def check_layer_input(x: torch.Tensor, d_model: int) -> None:
+    """ValueError naming the shape unless x is (B, T, d_model) with T >= 1."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != d_model:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must have shape (B, T, d_model={d_model}); got {shape}")
+    if x.shape[1] == 0:
+        raise ValueError(f"x holds no positions (T=0); got shape {tuple(x.shape)}")
+
+
+def attend_heads(
+    x: torch.Tensor, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module, n_heads: int, n_kv_heads: int,
+    head_dim: int, impl: str = "grouped", cache=None, layer: int = 0,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The heads of an attention layer, before its output projection: x (B, T, d_model) -> (B, T, n_heads*head_dim).
+
+    Projects x to ``n_heads`` query heads and ``n_kv_heads`` K/V heads, rotates
+    queries and keys by ``position_embeddings`` (RoPE), appends the new keys
+    and values to ``cache`` (which then stores rotated keys) and attends
+    causally with ``ATTENTION_IMPLEMENTATIONS[impl]``. Shared by
+    :class:`GroupedQueryAttention` and the shards of
+    :mod:`gqa_lib.tensor_parallel`, which hold some of a layer's heads.
+    """
+    B, T, _ = x.shape
+    # (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
+    q = q_proj(x).view(B, T, n_heads, head_dim).transpose(1, 2)
+    # (B, T, G*D) -> (B, T, G, D) -> (B, G, T, D)
+    k = k_proj(x).view(B, T, n_kv_heads, head_dim).transpose(1, 2)
+    v = v_proj(x).view(B, T, n_kv_heads, head_dim).transpose(1, 2)
+    if position_embeddings is not None:
+        cos, sin = position_embeddings  # (T, D) each: the same rotation for every head
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # the cache stores rotated keys
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # (B, G, Tk, D) with Tk = cached + T
+    out = ATTENTION_IMPLEMENTATIONS[impl](q, k, v, causal=True)  # (B, H, T, D)
+    # (B, H, T, D) -> (B, T, H, D) -> (B, T, H*D)
+    return out.transpose(1, 2).reshape(B, T, n_heads * head_dim)
+
+
 class GroupedQueryAttention(nn.Module):
     """Causal self-attention with ``n_kv_heads`` key/value heads.
 
@@ -277,28 +318,12 @@ class GroupedQueryAttention(nn.Module):
         values are appended to layer ``layer`` of the cache and the queries
         attend to everything cached so far (incremental decoding).
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, T, d_model={self.d_model}); got {shape}")
-        if x.shape[1] == 0:
-            raise ValueError(f"x holds no positions (T=0); got shape {tuple(x.shape)}")
+        check_layer_input(x, self.d_model)
         if cache is not None:
             layer = as_count("layer", layer, minimum=0)
-        B, T, _ = x.shape
-        # (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        # (B, T, G*D) -> (B, T, G, D) -> (B, G, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if position_embeddings is not None:
-            cos, sin = position_embeddings  # (T, D) each
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # the cache stores rotated keys
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, G, Tk, D) with Tk = cached + T
-        out = ATTENTION_IMPLEMENTATIONS[self.impl](q, k, v, causal=True)  # (B, H, T, D)
-        # (B, H, T, D) -> (B, T, H, D) -> (B, T, H*D)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
-        return self.o_proj(out)
+        heads = attend_heads(x, self.q_proj, self.k_proj, self.v_proj, self.n_heads, self.n_kv_heads, self.head_dim,
+                             self.impl, cache, layer, position_embeddings)  # (B, T, H*D)
+        return self.o_proj(heads)
 
     def extra_repr(self) -> str:
         return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, impl={self.impl!r}"

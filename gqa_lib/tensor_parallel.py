@@ -59,10 +59,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from .attention import ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, check_head_counts
+from .attention import (
+    ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, attend_heads, check_head_counts, check_layer_input,
+)
 from .checks import as_count, as_positive_float
 from .kv_cache import KVCache, kv_cache_bytes
-from .rope import apply_rope, rope_cos_sin
+from .rope import rope_cos_sin
 
 __all__ = [
     "TPKVLayout",
@@ -267,26 +269,12 @@ class TensorParallelAttention(nn.Module):
         With ``world_size > 1`` the default process group must be initialised
         with this rank and world size (see :func:`run_tensor_parallel`).
         """
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, T, d_model={self.d_model}); got {shape}")
-        if x.shape[1] == 0:
-            raise ValueError(f"x holds no positions (T=0); got shape {tuple(x.shape)}")
+        check_layer_input(x, self.d_model)
         if self.world_size > 1:
             self._check_process_group()
-        B, T, _ = x.shape
-        Hr, Gr, D = self.local_heads, self.local_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, Hr, D).transpose(1, 2)  # (B, T, Hr*D) -> (B, T, Hr, D) -> (B, Hr, T, D)
-        k = self.k_proj(x).view(B, T, Gr, D).transpose(1, 2)  # (B, T, Gr*D) -> (B, T, Gr, D) -> (B, Gr, T, D)
-        v = self.v_proj(x).view(B, T, Gr, D).transpose(1, 2)  # (B, Gr, T, D)
-        if position_embeddings is not None:
-            cos, sin = position_embeddings  # (T, D) each: RoPE is the same for every head
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, Gr, Tk, D)
         # local head j is global head query_heads[0] + j; its group is j // (Hr/Gr), as in the full layer
-        out = ATTENTION_IMPLEMENTATIONS[self.impl](q, k, v, causal=True)  # (B, Hr, T, D)
-        out = out.transpose(1, 2).reshape(B, T, Hr * D)  # (B, Hr, T, D) -> (B, T, Hr, D) -> (B, T, Hr*D)
+        out = attend_heads(x, self.q_proj, self.k_proj, self.v_proj, self.local_heads, self.local_kv_heads,
+                           self.head_dim, self.impl, cache, layer, position_embeddings)  # (B, T, Hr*D)
         partial = self.o_proj(out)  # (B, T, d_model): this rank's query heads' share of the output
         if self.world_size > 1:
             if partial.requires_grad:
