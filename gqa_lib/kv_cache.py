@@ -65,15 +65,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ):
-        shape = (
-            as_count("n_layers", n_layers),
-            as_count("batch_size", batch_size),
-            as_count("n_kv_heads", n_kv_heads),
-            as_count("max_len", max_len),
-            as_count("head_dim", head_dim),
-        )
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+        shape = self._checked_shape(n_layers, batch_size, n_kv_heads, max_len, head_dim, dtype)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = [0] * shape[0]  # positions filled, per layer
@@ -152,6 +144,21 @@ class KVCache:
         except BaseException:
             self.lengths = saved
             raise
+
+    @staticmethod
+    def _checked_shape(n_layers, batch_size, n_kv_heads, max_len, head_dim, dtype) -> tuple[int, ...]:
+        """(n_layers, batch_size, n_kv_heads, max_len, head_dim) as ints; ValueError naming a bad size or dtype.
+        Shared by every cache class."""
+        shape = (
+            as_count("n_layers", n_layers),
+            as_count("batch_size", batch_size),
+            as_count("n_kv_heads", n_kv_heads),
+            as_count("max_len", max_len),
+            as_count("head_dim", head_dim),
+        )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+        return shape
 
     def _checked_update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int]:
         """Check an update of ``layer`` by k, v (B, G, T, D); return (layer, first, end) positions to write.

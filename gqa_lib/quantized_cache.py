@@ -259,15 +259,7 @@ class QuantizedKVCache(KVCache):
         device: torch.device | str | None = None,
         bits: int = 8,
     ):
-        shape = (
-            as_count("n_layers", n_layers),
-            as_count("batch_size", batch_size),
-            as_count("n_kv_heads", n_kv_heads),
-            as_count("max_len", max_len),
-            as_count("head_dim", head_dim),
-        )
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating torch.dtype; got {dtype!r}")
+        shape = self._checked_shape(n_layers, batch_size, n_kv_heads, max_len, head_dim, dtype)
         self.bits = _check_bits(bits)
         if shape[4] * self.bits % 8:
             raise ValueError(f"head_dim={shape[4]} must be even to pack {self.bits}-bit values two per byte")
