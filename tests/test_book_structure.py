@@ -1,5 +1,6 @@
 """The book's notebooks: listed, set up for Colab, and free of stored errors."""
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -73,3 +74,42 @@ def test_no_stored_error_outputs(path):
     for cell in load(path)["cells"]:
         for out in cell.get("outputs", []):
             assert out["output_type"] != "error", "".join(cell["source"])[:80]
+
+
+HIDDEN = {"hide-input", "remove-input", "hide-cell", "remove-cell"}
+
+
+def is_check_cell(source: str) -> bool:
+    """A cell that only checks: it opens with a "# Check..." comment, or it asserts and shows nothing (its
+    statements are asserts, assignments and imports: no print, no figure, no definition the reader should see)."""
+    if source.lstrip().lower().startswith("# check"):
+        return True
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython magics
+        return False
+    quiet = (ast.Assert, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Import, ast.ImportFrom)
+    return any(isinstance(node, ast.Assert) for node in body) and all(isinstance(node, quiet) for node in body)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_check_cells_are_hidden_on_the_website(path):
+    """Assertion-only cells still run under nbval, but the website folds their input away."""
+    shown = [
+        "".join(c["source"])[:80]
+        for c in load(path)["cells"]
+        if c["cell_type"] == "code"
+        and is_check_cell("".join(c["source"]))
+        and not HIDDEN & set(c["metadata"].get("tags", []))
+    ]
+    assert not shown, f"check cells without a hide-input tag: {shown}"
+
+
+def test_check_cell_rule_has_teeth():
+    assert is_check_cell("assert 1 + 1 == 2\nassert True, 'x'")
+    assert is_check_cell("# Checks of the numbers in the solutions above.\nx = 1\nassert x == 1")
+    assert is_check_cell("x = 1\nassert x == 1")
+    assert not is_check_cell("x = 1\nprint(x)\nassert x == 1")
+    assert not is_check_cell("def f():\n    return 1\nassert f() == 1")
+    assert not is_check_cell("x = 1")
+    assert not is_check_cell("print(1)")
