@@ -1,4 +1,4 @@
-"""Plotly figures the chapters share: head grouping diagrams and KV-cache sliders.
+"""Plotly figures the chapters share: head grouping, the grouped product, KV-cache sliders.
 
 Every function here *returns* a :class:`plotly.graph_objects.Figure` and
 displays nothing; a chapter shows it with :func:`gqa_lib.plots.show`.
@@ -30,6 +30,7 @@ __all__ = [
     "kv_head_for_query_head",
     "head_grouping_figure",
     "kv_cache_slider_figure",
+    "grouped_product_figure",
 ]
 
 GIB = 2**30  # bytes in one GiB
@@ -398,5 +399,173 @@ def kv_cache_slider_figure(
                 "steps": steps,
             }
         ],
+    )
+    return fig
+
+
+def _rgba(colour: str, alpha: float) -> str:
+    """A plotly colour ('#RRGGBB' or 'rgb(r, g, b)') with opacity alpha, as 'rgba(r, g, b, alpha)'."""
+    if colour.startswith("#"):
+        r, g, b = plotly.colors.hex_to_rgb(colour)
+    else:
+        r, g, b = (float(c) for c in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3])
+    return f"rgba({round(r)}, {round(g)}, {round(b)}, {alpha})"
+
+
+def grouped_product_figure(
+    n_heads: int,
+    n_kv_heads: int,
+    q_len: int = 1,
+    kv_len: int = 16,
+    head_dim: int = 8,
+    *,
+    title: str | None = None,
+    height: int | None = None,
+) -> go.Figure:
+    """The grouped product of GQA as a block diagram: Q viewed as (B, G, R*Tq, D) against each K_g.
+
+    The query tensor of one sequence, shape (H, Tq, D), is drawn as one tall
+    column of H * Tq rows in memory order, head after head. Read as
+    (G, R * Tq, D), with R = H // G, it splits into G blocks Q_g of R * Tq
+    rows, one per horizontal band: query head ``h = g * R + r`` is the stripe
+    of rows ``r * Tq .. (r + 1) * Tq - 1`` of block ``g``. To the right of
+    each block, on the same band: ``K_g^T`` (D x Tk), the scores
+    ``S_g = Q_g K_g^T / sqrt(D)`` (R * Tq x Tk), ``V_g`` (Tk x D) and the
+    output ``O_g`` (R * Tq x D), whose stripes are again the R heads. Every
+    block of a group has the group's colour, and each K_g and V_g is drawn
+    once: one matrix product per group reads it once for all R heads.
+
+    Parameters
+    ----------
+    n_heads:
+        Number of query heads H (a positive integer).
+    n_kv_heads:
+        Number of KV heads G; must divide ``n_heads`` (ValueError naming G).
+    q_len:
+        Query positions Tq per head (1 for a decoding step).
+    kv_len, head_dim:
+        Tk and D, used in the labels only (blocks are drawn schematically,
+        not to scale, except that all blocks of a band share Q_g's rows).
+    title:
+        Figure title; a default naming H, G, R and Tq when None.
+    height:
+        Figure height in pixels; default grows with H * Tq.
+
+    Coordinates: y counts query rows downwards (the y axis is reversed);
+    band g starts at ``y = g * (R * Tq + gap)`` with ``gap = max(1, R * Tq // 4)``.
+    Every drawn block is a layout shape whose ``name`` says what it is:
+    ``"Q g=<g> r=<r> h=<h>"`` (a head's stripe of Q_g), ``"O g=<g> r=<r> h=<h>"``
+    (its output rows), ``"S g=<g>"``, ``"K g=<g>"`` and ``"V g=<g>"``. One marker
+    trace (``meta["role"] == "query-heads"``) puts a hover label at the centre
+    of each head's stripe, with ``customdata`` = [h, g, r, first row, last row].
+    """
+    n_heads = _check_positive_int("n_heads", n_heads)
+    g_count = _check_group_count(n_heads, n_kv_heads)
+    tq = _check_positive_int("q_len", q_len)
+    tk = _check_positive_int("kv_len", kv_len)
+    d = _check_positive_int("head_dim", head_dim)
+    r_count = n_heads // g_count
+    rows = r_count * tq  # rows of one block Q_g
+    gap = max(1, rows // 4)
+    total = g_count * rows + (g_count - 1) * gap
+    if height is None:
+        height = max(380, min(1000, 170 + int(11 * total)))
+    height = _check_positive_int("height", height)
+    px_per_row = (height - 170) / total  # roughly: the plot area is the height less the margins
+    label_stripes = px_per_row * tq >= 13  # room for one line of text in a stripe
+
+    colours = _group_colours(g_count)
+    # x positions of the five blocks (schematic widths) and the operators between them
+    w_d, w_t = 4.0, 7.0
+    x_q = (0.0, w_d)
+    x_k = (x_q[1] + 3.0, x_q[1] + 3.0 + w_t)
+    x_s = (x_k[1] + 3.0, x_k[1] + 3.0 + w_t)
+    x_v = (x_s[1] + 6.0, x_s[1] + 6.0 + w_d)
+    x_o = (x_v[1] + 3.0, x_v[1] + 3.0 + w_d)
+
+    fig = go.Figure()
+    shapes: list[dict] = []
+    annotations: list[dict] = []
+
+    def block(name, x, y0, y1, fill, line="white", width=1):
+        shapes.append({"type": "rect", "name": name, "x0": x[0], "x1": x[1], "y0": y0, "y1": y1,
+                       "fillcolor": fill, "line": {"color": line, "width": width}, "layer": "below"})
+
+    def text(x, y, s, size=12, colour="black", **kw):
+        annotations.append({"x": x, "y": y, "text": s, "showarrow": False, "font": {"size": size, "color": colour}, **kw})
+
+    hover_x, hover_y, hover_text, hover_data = [], [], [], []
+    for g in range(g_count):
+        top = g * (rows + gap)
+        colour = colours[g]
+        for r in range(r_count):
+            h = g * r_count + r
+            y0, y1 = top + r * tq, top + (r + 1) * tq
+            fill = _rgba(colour, 1.0 if r % 2 == 0 else 0.6)  # neighbouring heads of a group: two shades
+            block(f"Q g={g} r={r} h={h}", x_q, y0, y1, fill)
+            block(f"O g={g} r={r} h={h}", x_o, y0, y1, fill)
+            if label_stripes:
+                text((x_q[0] + x_q[1]) / 2, (y0 + y1) / 2, f"head {h}", size=11, colour="white")
+                text((x_o[0] + x_o[1]) / 2, (y0 + y1) / 2, f"head {h}", size=11, colour="white")
+                rows_text = f"row {r * tq}" if tq == 1 else f"rows {r * tq}–{(r + 1) * tq - 1}"
+                text(x_q[0] - 0.3, (y0 + y1) / 2, rows_text, size=10, colour="#555", xanchor="right")
+            hover_x.append((x_q[0] + x_q[1]) / 2)
+            hover_y.append((y0 + y1) / 2)
+            hover_text.append(
+                f"query head {h} = {g}·R + {r}: rows {r * tq}..{(r + 1) * tq - 1} of Q_{g}, reads K_{g}, V_{g}"
+            )
+            hover_data.append([h, g, r, r * tq, (r + 1) * tq - 1])
+        # the group's scores: R * Tq rows (the heads' stripes) by Tk keys
+        block(f"S g={g}", x_s, top, top + rows, _rgba(colour, 0.25), line=colour, width=1)
+        for r in range(1, r_count):
+            shapes.append({"type": "line", "name": f"S g={g} stripe {r}", "x0": x_s[0], "x1": x_s[1],
+                           "y0": top + r * tq, "y1": top + r * tq, "line": {"color": colour, "width": 1, "dash": "dot"}})
+        # K_g^T and V_g: drawn once per group, inset so that their shape differs from the row blocks
+        inset = rows * 0.2
+        block(f"K g={g}", x_k, top + inset, top + rows - inset, colour, line="black", width=2)
+        block(f"V g={g}", x_v, top, top + rows, colour, line="black", width=2)
+        mid = top + rows / 2
+        text((x_k[0] + x_k[1]) / 2, mid, f"K<sub>{g}</sub><sup>T</sup>", size=15, colour="white")
+        text((x_s[0] + x_s[1]) / 2, mid, f"S<sub>{g}</sub>", size=15)
+        text((x_v[0] + x_v[1]) / 2, mid, f"V<sub>{g}</sub>", size=15, colour="white")
+        text((x_q[1] + x_k[0]) / 2, mid, "×", size=18)
+        text((x_k[1] + x_s[0]) / 2, mid, "=", size=18)
+        text((x_s[1] + x_v[0]) / 2, mid, "softmax<br>then ×", size=11)
+        text((x_v[1] + x_o[0]) / 2, mid, "=", size=18)
+        text(x_o[1] + 0.4, mid, f"<b>group {g}</b><br>KV head {g}<br>read once,<br>by {r_count} heads",
+             size=11, colour=colour, xanchor="left")
+
+    fig.add_trace(go.Scatter(
+        x=hover_x, y=hover_y, mode="markers", marker={"size": 1, "opacity": 0},
+        hovertext=hover_text, hoverinfo="text", customdata=hover_data, showlegend=False,
+        name="query heads", meta={"role": "query-heads"},
+    ))
+    header_y = -max(1.5, total * 0.03)
+    headers = [
+        (x_q, f"Q<sub>g</sub>: R·Tq × D<br>({rows} × {d})"),
+        (x_k, f"K<sub>g</sub><sup>T</sup>: D × Tk<br>({d} × {tk})"),
+        (x_s, f"scores: R·Tq × Tk<br>({rows} × {tk})"),
+        (x_v, f"V<sub>g</sub>: Tk × D<br>({tk} × {d})"),
+        (x_o, f"O<sub>g</sub>: R·Tq × D<br>({rows} × {d})"),
+    ]
+    for x, s in headers:
+        text((x[0] + x[1]) / 2, header_y, s, size=11, yanchor="bottom")
+
+    if title is None:
+        title = (
+            f"Q of shape (B, H={n_heads}, Tq={tq}, D) viewed as (B, G={g_count}, R·Tq={rows}, D), R = {r_count}: "
+            f"<br><sup>query head gR + r is rows rTq .. (r+1)Tq − 1 of block g; one product per group reads K<sub>g</sub> "
+            f"and V<sub>g</sub> once</sup>"
+        )
+    fig.update_layout(
+        title={"text": title},
+        shapes=shapes,
+        annotations=annotations,
+        height=height,
+        xaxis={"range": [x_q[0] - 5.5, x_o[1] + 6.5], "visible": False, "fixedrange": True},
+        yaxis={"range": [total + 0.5, header_y * 2.6 - 0.5], "visible": False, "fixedrange": True},
+        plot_bgcolor="white",
+        margin={"l": 10, "r": 10, "t": 90, "b": 20},
+        meta={"n_heads": n_heads, "n_kv_heads": g_count, "q_len": tq, "R": r_count, "gap": gap},
     )
     return fig

@@ -187,3 +187,96 @@ def test_importing_figures_does_not_import_ipython():
     code = "import sys, gqa_lib, gqa_lib.figures; print('IPython' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --- the grouped product: Q viewed as (B, G, R*Tq, D) against K_g -------------------------------------------
+
+
+def named_blocks(fig, kind):
+    """{(g, r, h) or g: shape} for the rectangles of one kind ('Q', 'O', 'S', 'K', 'V'), parsed from their names."""
+    out = {}
+    for s in fig.layout.shapes:
+        if s.type != "rect" or not s.name.startswith(kind + " "):
+            continue
+        fields = dict(part.split("=") for part in s.name.split()[1:])
+        key = tuple(int(fields[k]) for k in ("g", "r", "h")) if "h" in fields else int(fields["g"])
+        assert key not in out, f"{s.name} drawn twice"
+        out[key] = s
+    return out
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,q_len", [(12, 3, 4), (8, 1, 1), (8, 8, 2), (64, 8, 1), (6, 2, 3)])
+def test_grouped_product_rows_agree_with_torch_reshape(n_heads, n_kv_heads, q_len):
+    """Which query head fills each row of each block Q_g: the figure against torch's own (H, Tq, D) -> (G, R*Tq, D)."""
+    torch = pytest.importorskip("torch")
+    fig = figures.grouped_product_figure(n_heads, n_kv_heads, q_len=q_len)
+    r_count, rows = n_heads // n_kv_heads, n_heads // n_kv_heads * q_len
+    gap = fig.layout.meta["gap"]
+    # tag every query row with its head: q[h, t, :] = h, then view it grouped as the library does
+    q = torch.arange(n_heads, dtype=torch.float32)[:, None, None].expand(n_heads, q_len, 2).contiguous()
+    q_grouped = q.reshape(n_kv_heads, rows, 2)  # (H, Tq, D) -> (G, R*Tq, D), a view
+    assert q_grouped.data_ptr() == q.data_ptr()
+    stripes = named_blocks(fig, "Q")
+    assert sorted(h for _, _, h in stripes) == list(range(n_heads))  # every query head drawn exactly once
+    for g in range(n_kv_heads):
+        top = g * (rows + gap)
+        for i in range(rows):
+            head_in_torch = int(q_grouped[g, i, 0])
+            (drawn,) = [(h, r) for (gg, r, h), s in stripes.items() if gg == g and s.y0 <= top + i < s.y1]
+            assert drawn[0] == head_in_torch
+            assert drawn == (g * r_count + i // q_len, i // q_len)  # h = gR + r, r = row // Tq
+    for (g, r, h), s in stripes.items():
+        assert (s.y0, s.y1) == (g * (rows + gap) + r * q_len, g * (rows + gap) + (r + 1) * q_len)
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(12, 3), (8, 1), (8, 8), (64, 8)])
+def test_grouped_product_draws_each_kv_head_once_in_its_groups_band_and_colour(n_heads, n_kv_heads):
+    fig = figures.grouped_product_figure(n_heads, n_kv_heads, q_len=2)
+    rows, gap = n_heads // n_kv_heads * 2, fig.layout.meta["gap"]
+    q_stripes, o_stripes = named_blocks(fig, "Q"), named_blocks(fig, "O")
+    assert set(o_stripes) == set(q_stripes)  # the output rows are the query rows, head by head
+    for kind in ("K", "V", "S"):
+        blocks = named_blocks(fig, kind)
+        assert sorted(blocks) == list(range(n_kv_heads))  # once per group: read once, not once per query head
+        for g, s in blocks.items():
+            top = g * (rows + gap)
+            assert top <= s.y0 < s.y1 <= top + rows  # inside the band of Q_g
+    scores = named_blocks(fig, "S")
+    for g, s in scores.items():
+        assert (s.y0, s.y1) == (g * (rows + gap), g * (rows + gap) + rows)  # R*Tq score rows, aligned with Q_g
+    # colour: every block of group g carries the group's colour; groups differ
+    base = {g: s.fillcolor for g, s in named_blocks(fig, "K").items()}
+    assert len(set(base.values())) == n_kv_heads
+    rgb = {g: figures._rgba(c, 1.0).rsplit(",", 1)[0] for g, c in base.items()}
+    for (g, r, h), s in q_stripes.items():
+        assert s.fillcolor.rsplit(",", 1)[0] == rgb[g] and o_stripes[(g, r, h)].fillcolor == s.fillcolor
+    for g, s in scores.items():
+        assert s.fillcolor.rsplit(",", 1)[0] == rgb[g]
+    assert all(named_blocks(fig, "V")[g].fillcolor == base[g] for g in base)
+
+
+def test_grouped_product_hover_and_labels():
+    fig = figures.grouped_product_figure(12, 3, q_len=4, kv_len=16, head_dim=8)
+    (trace,) = [t for t in fig.data if t.meta["role"] == "query-heads"]
+    assert [list(c) for c in trace.customdata] == [[h, h // 4, h % 4, (h % 4) * 4, (h % 4) * 4 + 3] for h in range(12)]
+    assert "query head 5 = 1·R + 1: rows 4..7 of Q_1" in trace.hovertext[5]
+    texts = [a.text for a in fig.layout.annotations]
+    assert "head 5" in texts and "rows 4–7" in texts
+    assert any("(16 × 8)" in t for t in texts) and any("(8 × 16)" in t for t in texts)  # R*Tq x D and D x Tk
+    assert "G=3" in fig.layout.title.text and "R = 4" in fig.layout.title.text
+    assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # rows count downwards
+    assert figures.grouped_product_figure(4, 2, title="mine").layout.title.text == "mine"
+
+
+@pytest.mark.parametrize("bad", [5, 0, 13, -3, 2.5, True])
+def test_grouped_product_rejects_g_that_does_not_divide_h(bad):
+    with pytest.raises(ValueError, match=f"G={bad!r}|G={bad}"):
+        figures.grouped_product_figure(12, bad)
+
+
+def test_grouped_product_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="n_heads"):
+        figures.grouped_product_figure(0, 1)
+    for name in ("q_len", "kv_len", "head_dim", "height"):
+        with pytest.raises(ValueError, match=name):
+            figures.grouped_product_figure(8, 2, **{name: 0})
