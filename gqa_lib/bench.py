@@ -309,17 +309,21 @@ def sweep_attention_decode(
     groups: list[int] | None = None,
     min_run_time: float = 0.1,
     progress: bool = True,
+    rounds: int = 2,
 ) -> list[dict]:
     """Decode-step time of :func:`grouped_attention` for every (context, G): the data behind the static sliders.
 
     Rows have ``context``, ``G``, ``ms`` (median milliseconds per call) and
-    ``kv_bytes`` (the K and V bytes one call reads).
+    ``kv_bytes`` (the K and V bytes one call reads). Each context times its
+    G values interleaved, ``rounds`` times, keeping each G's best median
+    (:func:`bench_attention_decode`): more rounds, fewer readings spoiled by
+    load elsewhere on the machine.
     """
     rows = []
     for context in progress_bar(list(contexts), "context lengths", enabled=progress):
         for r in bench_attention_decode(
             batch_size=batch_size, n_heads=n_heads, head_dim=head_dim, context=context, dtype=dtype,
-            device=device, groups=groups, implementations=["grouped"], min_run_time=min_run_time,
+            device=device, groups=groups, implementations=["grouped"], min_run_time=min_run_time, rounds=rounds,
         ):
             rows.append({"context": context, "G": r["G"], "ms": r["ms"], "kv_bytes": r["kv_bytes"]})
     return rows

@@ -14,26 +14,39 @@ positions of a longer cache, a strided view, not a tensor of exactly
 code has (``torch.get_num_threads()``), and the figure says how many.
 
 On the static website no Python runs, so :meth:`DecodeExplorer.display`
-shows a snapshot of the current state instead of live widgets when the
-environment variable ``GQA_BOOK_STATIC`` is set (the book's build sets it).
+shows a one-line note instead of live widgets when the environment variable
+``GQA_BOOK_STATIC`` is set (the book's build sets it). The website's explorer
+is :func:`precomputed_explorer`: sweeps measured when the chapter ran
+(:func:`measure_explorer_sweeps`) and committed reference sweeps, embedded in
+self-contained HTML whose script only looks up the numbers computed in
+:func:`decode_explorer_data` (a G slider, context, model and device), so it
+works the same on the website, in Jupyter and on Colab.
 """
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import uuid
 
 import torch
 
 from .attention import grouped_attention
-from .bench import divisors
+from .bench import divisors, sweep_attention_decode
 from .checks import as_count
 from .gpu_plan import explorer_memory_parts
-from .plots import show
+from .kv_cache import kv_cache_bytes
+from .plots import run_with_plotly, show
 from .presets import PRESETS, ModelPreset
 from .speed_figures import kv_by_group_figure, time_by_group_figure
 from .timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
 
-__all__ = ["DecodeExplorer", "compare_times", "measure_decode_per_group", "SizeRefused"]
+__all__ = [
+    "DecodeExplorer", "compare_times", "measure_decode_per_group", "SizeRefused",
+    "EXPLORER_MODELS", "EXPLORER_CONTEXTS", "measure_explorer_sweeps", "decode_explorer_data",
+    "decode_explorer_html", "PrecomputedExplorer", "precomputed_explorer",
+]
 
 CONTEXTS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -411,16 +424,320 @@ class DecodeExplorer:
                 show(self.time_figure)
 
     def display(self) -> None:
-        """Show the live widget; on the static book build (GQA_BOOK_STATIC set), a snapshot of the current state."""
+        """Show the live widget; on the static book build (GQA_BOOK_STATIC set), a one-line note instead.
+
+        No Python runs on the website, so live sliders would be dead there; the
+        page's working sliders are :func:`precomputed_explorer`'s.
+        """
         from IPython.display import Markdown, display
 
         if os.environ.get("GQA_BOOK_STATIC"):
             display(Markdown(
-                "*A static snapshot of the explorer: no Python runs on this page. "
-                "Open the chapter in Jupyter or Colab to move the sliders.*\n\n" + self.message
+                "*The live explorer measures on the reader's own device, so it runs only in Jupyter or Colab "
+                "(the launch buttons at the top of the page open this chapter there); on this page, use the "
+                "explorer above, measured when the page was built.*"
             ))
-            show(self.kv_figure)
-            if self.time_figure is not None:
-                show(self.time_figure)
         else:
             display(self.widget())
+
+
+# -- the precomputed explorer: works on the static website, in Jupyter and on Colab ----------------------------
+
+EXPLORER_MODELS = ("Llama 2 7B", "Qwen2.5 7B", "Llama 2 70B")  # H = 32, 28, 64 query heads, all D = 128
+EXPLORER_CONTEXTS = (512, 1024, 2048, 4096)  # on a CPU: the whole measurement in about 20 s on 2 threads
+
+
+def _explorer_models(models) -> list[ModelPreset]:
+    """The presets named by ``models`` (names or ModelPresets), at least one, no repeats; ValueError otherwise."""
+    if isinstance(models, (str, ModelPreset)):
+        raise ValueError(f"models must be a list of model presets; got the single {models!r}")
+    try:
+        presets = [_preset(m) for m in models]
+    except TypeError:
+        raise ValueError(f"models must be a list of model presets; got {models!r}") from None
+    if not presets:
+        raise ValueError("models must name at least one model preset; got an empty list")
+    names = [p.name for p in presets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"models lists {repeated} more than once")
+    return presets
+
+
+def measure_explorer_sweeps(
+    models=EXPLORER_MODELS,
+    contexts=EXPLORER_CONTEXTS,
+    batch_size: int = 1,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    min_run_time: float = 0.04,
+    rounds: int = 3,
+) -> list[dict]:
+    """The measurements behind :func:`precomputed_explorer`: one decode sweep per attention shape of ``models``.
+
+    For each distinct (H, D) among the models (two models of one shape share a
+    sweep), :func:`gqa_lib.bench.sweep_attention_decode` times one decode step
+    of one attention layer, :func:`gqa_lib.grouped_attention` (one query token
+    of H heads against ``context`` cached positions of G KV heads, batch
+    ``batch_size``), for every G dividing H and every context, ``rounds``
+    interleaved rounds each. Returns results in the format of ``python -m
+    gqa_lib.bench sweep --json`` (``benchmark``, ``device``, ``settings``,
+    ``rows`` with ``context``, ``G``, ``ms`` and ``kv_bytes``), plus ``note``:
+    "measured when this chapter ran". Sizes that would not fit in half of the
+    device's free memory raise :class:`SizeRefused`.
+    """
+    presets = _explorer_models(models)
+    try:
+        contexts = sorted({as_count("context", c) for c in contexts})
+    except TypeError:
+        raise ValueError(f"contexts must be a list of token counts; got {contexts!r}") from None
+    if not contexts:
+        raise ValueError("contexts must name at least one context length; got an empty list")
+    batch_size = as_count("batch_size", batch_size)
+    name = _dtype_name(dtype)
+    device = _device(device)
+    elem = _element_size(parse_dtype(name))
+    shapes = list(dict.fromkeys((p.n_heads, p.head_dim) for p in presets))
+    free = available_memory_bytes(device)
+    for H, D in shapes:  # one G at a time at the longest context: q, K, V of MHA size and fp32 scores
+        needed = explorer_memory_parts(batch_size, max(contexts), elem, H, D, 0)
+        if sum(needed.values()) > free // 2:
+            raise SizeRefused(
+                f"H={H}, D={D}, batch {batch_size} x context {max(contexts)} needs {sum(needed.values()) / 2**30:.2f} GiB "
+                f"at once, more than half of the {free / 2**30:.1f} GiB free on {device_name(device)}"
+            )
+    sweeps = []
+    for H, D in shapes:
+        rows = sweep_attention_decode(contexts=contexts, batch_size=batch_size, n_heads=H, head_dim=D, dtype=name,
+                                      device=device, min_run_time=min_run_time, progress=False, rounds=rounds)
+        sweeps.append({
+            "benchmark": "sweep", "device": device_name(device), "torch": torch.__version__,
+            "settings": {"batch": batch_size, "heads": H, "head_dim": D, "dtype": name},
+            "rows": rows, "note": "measured when this chapter ran",
+        })
+    return sweeps
+
+
+def _sweep_table(sweep, index: int) -> tuple[dict, list[int], dict[tuple[int, int], float]]:
+    """(settings, contexts, {(context, G): ms}) of one sweep result, every field checked; ValueError naming it."""
+    where = f"sweep {index}"
+    if not isinstance(sweep, dict) or not {"device", "settings", "rows"} <= set(sweep):
+        raise ValueError(f"{where} must be a gqa_lib.bench sweep result with 'device', 'settings' and 'rows'; "
+                         f"got {sweep!r:.200}")
+    where = f"sweep {index} ({sweep['device']})"
+    s = sweep["settings"]
+    if not isinstance(s, dict) or not {"batch", "heads", "head_dim", "dtype"} <= set(s):
+        raise ValueError(f"{where}: settings need batch, heads, head_dim and dtype; got {s!r}")
+    settings = {"batch": as_count(f"{where} batch", s["batch"]), "heads": as_count(f"{where} heads", s["heads"]),
+                "head_dim": as_count(f"{where} head_dim", s["head_dim"]), "dtype": _dtype_name(s["dtype"])}
+    table: dict[tuple[int, int], float] = {}
+    for row in sweep["rows"]:
+        try:
+            key = (as_count(f"{where} context", row["context"]), as_count(f"{where} G", row["G"]))
+            ms = float(row["ms"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{where}: every row needs context, G and ms; got {row!r} ({err})") from None
+        if not (ms > 0 and ms < float("inf")):
+            raise ValueError(f"{where}: ms must be a positive time; got {row['ms']!r} at context {key[0]}, G={key[1]}")
+        if key in table:
+            raise ValueError(f"{where}: two rows for context {key[0]}, G={key[1]}")
+        table[key] = ms
+        if "kv_bytes" in row:
+            expected = kv_cache_bytes(1, key[1], settings["head_dim"], key[0], settings["batch"],
+                                      _element_size(parse_dtype(settings["dtype"])))
+            if row["kv_bytes"] != expected:
+                raise ValueError(f"{where}: kv_bytes {row['kv_bytes']} at context {key[0]}, G={key[1]} is not the "
+                                 f"{expected} bytes of K and V of that shape")
+    contexts = sorted({c for c, _ in table})
+    if not contexts:
+        raise ValueError(f"{where} has no rows")
+    groups = divisors(settings["heads"])
+    missing = [(c, g) for c in contexts for g in groups if (c, g) not in table]
+    if missing:
+        raise ValueError(f"{where}: no time for (context, G) {missing[:5]}; a sweep needs every G dividing "
+                         f"H={settings['heads']} at each of its contexts")
+    extra = sorted({g for _, g in table if g not in groups})
+    if extra:
+        raise ValueError(f"{where}: G={extra} do not divide H={settings['heads']}")
+    return settings, contexts, table
+
+
+def decode_explorer_data(sweeps, models=EXPLORER_MODELS) -> dict:
+    """Every number the precomputed explorer shows, computed here; the page's script only looks them up.
+
+    ``sweeps``: results of :func:`measure_explorer_sweeps` and
+    ``python -m gqa_lib.bench sweep --json`` (e.g. :func:`gqa_lib.bench.reference_results`
+    ("sweep")). A sweep serves every model of ``models`` whose (H, D) it was
+    measured for; each model needs at least one. Per model and sweep, for
+    every context (index ``c``) and G (index ``j``, the divisors of H):
+
+    * ``ms[c][j]``: the measured milliseconds of one decode step of *one*
+      attention layer at the sweep's batch and dtype (as measured);
+    * ``kvSeq[c][j]``: KV-cache bytes of one sequence of that many tokens,
+      all the model's layers, in the sweep's dtype (:meth:`ModelPreset.kv_bytes_per_token`);
+    * ``kvStep[c][j]``: K and V bytes the measured step reads (one layer, the sweep's batch).
+
+    Raises ValueError naming a bad sweep (missing fields, a G that does not
+    divide H, a missing (context, G), a time that is not positive) or a model
+    that no sweep covers.
+    """
+    presets = _explorer_models(models)
+    try:
+        sweeps = list(sweeps)
+    except TypeError:
+        raise ValueError(f"sweeps must be a list of sweep results; got {sweeps!r:.200}") from None
+    if not sweeps:
+        raise ValueError("decode_explorer_data needs at least one sweep")
+    tables = [_sweep_table(s, i) for i, s in enumerate(sweeps)]
+    out = []
+    for p in presets:
+        groups = divisors(p.n_heads)
+        entries = []
+        for sweep, (settings, contexts, table) in zip(sweeps, tables):
+            if (settings["heads"], settings["head_dim"]) != (p.n_heads, p.head_dim):
+                continue
+            elem = _element_size(parse_dtype(settings["dtype"]))
+            note = sweep.get("note") or "committed reference sweep"
+            entries.append({
+                "device": str(sweep["device"]), "note": str(note), "batch": settings["batch"],
+                "dtype": settings["dtype"], "contexts": contexts,
+                "ms": [[table[c, g] for g in groups] for c in contexts],
+                "kvSeq": [[c * p.kv_bytes_per_token(elem, n_kv_heads=g) for g in groups] for c in contexts],
+                "kvStep": [[kv_cache_bytes(1, g, p.head_dim, c, settings["batch"], elem) for g in groups]
+                           for c in contexts],
+            })
+        if not entries:
+            shapes = sorted({(t[0]["heads"], t[0]["head_dim"]) for t in tables})
+            raise ValueError(f"no sweep measured {p.name}'s shape H={p.n_heads}, D={p.head_dim}; "
+                             f"the sweeps have (H, D) {shapes}")
+        out.append({"name": p.name, "H": p.n_heads, "G0": p.n_kv_heads, "layers": p.n_layers, "D": p.head_dim,
+                    "groups": groups, "sweeps": entries})
+    return {"models": out}
+
+
+_EXPLORER_SCRIPT = r"""
+var root = document.getElementById('__ID__');
+var D = JSON.parse(root.querySelector('script[data-explorer="data"]').textContent);
+function el(name) { return root.querySelector('[data-explorer="' + name + '"]'); }
+function fill(select, labels) {
+  select.innerHTML = '';
+  labels.forEach(function (t, i) { var o = document.createElement('option'); o.value = i; o.textContent = t; select.appendChild(o); });
+}
+function fmtBytes(b) {
+  var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
+  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return (b >= 100 ? b.toFixed(0) : b >= 10 ? b.toFixed(1) : b.toFixed(2)) + ' ' + u[i];
+}
+function fmtMs(ms) { return (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms >= 1 ? ms.toFixed(2) : ms.toFixed(3)) + ' ms'; }
+function compare(ms, ref, name) {  // gqa_lib.widgets.compare_times
+  var ratio = ref / ms;
+  if (Math.round(ratio * 100) === 100 || Math.round(100 / ratio) === 100) return 'about as fast as ' + name;
+  return ratio > 1 ? ratio.toFixed(2) + 'x faster than ' + name : (1 / ratio).toFixed(2) + 'x slower than ' + name;
+}
+function kind(m, g) { return g === m.H ? ' (MHA)' : g === 1 ? ' (MQA)' : ' (GQA-' + g + ')'; }
+function shortLabel(m, g) { return g === m.H ? g + ' (MHA)' : g === 1 ? g + ' (MQA)' : String(g); }
+function model() { return D.models[+el('model').value]; }
+function sweep() { return model().sweeps[+el('device').value]; }
+fill(el('model'), D.models.map(function (m) { return m.name + ' (H=' + m.H + ', D=' + m.D + ', ' + m.layers + ' layers)'; }));
+function onModel() {
+  var m = model(), ctx = +(el('context').dataset.tokens || 0);
+  fill(el('device'), m.sweeps.map(function (s) { return s.device + ' (batch ' + s.batch + ', ' + s.dtype + '; ' + s.note + ')'; }));
+  el('G').max = m.groups.length - 1; el('G').value = m.groups.indexOf(m.G0);
+  onDevice(ctx);
+}
+function onDevice(ctx) {
+  var s = sweep(), keep = s.contexts.indexOf(ctx);
+  fill(el('context'), s.contexts.map(function (c) { return c.toLocaleString('en-US') + ' tokens'; }));
+  el('context').value = keep >= 0 ? keep : s.contexts.length - 1;
+}
+function update() {
+  var m = model(), s = sweep(), c = +el('context').value, j = +el('G').value, g = m.groups[j];
+  var ctx = s.contexts[c], ms = s.ms[c], kv = s.kvSeq[c], iMHA = m.groups.length - 1;  // G = H is the last
+  el('context').dataset.tokens = ctx;
+  el('G-label').textContent = g + kind(m, g) + (g === m.G0 ? ', as released' : '');
+  el('kv-seq').textContent = fmtBytes(kv[j]);
+  el('kv-ref').textContent = 'MHA ' + fmtBytes(kv[iMHA]) + ', MQA ' + fmtBytes(kv[0]);
+  el('kv-step').textContent = fmtBytes(s.kvStep[c][j]);
+  var cmp = [];
+  if (g !== m.H) cmp.push(compare(ms[j], ms[iMHA], 'MHA'));
+  if (g !== 1) cmp.push(compare(ms[j], ms[0], 'MQA'));
+  el('ms').textContent = fmtMs(ms[j]) + (cmp.length ? ': ' + cmp.join(' and ') : '');
+  el('ms-ref').textContent = 'MHA ' + fmtMs(ms[iMHA]) + ', MQA ' + fmtMs(ms[0]);
+  el('ms-model').textContent = fmtMs(ms[j] * m.layers);
+  el('what').textContent = 'Timings: one decode step (1 new token attending to ' + ctx.toLocaleString('en-US') +
+    ' cached tokens) of one attention layer of ' + m.name + "'s shape, batch " + s.batch + ', ' + s.dtype +
+    ', gqa_lib.grouped_attention on ' + s.device + ' (' + s.note + '). KV cache sizes: one sequence, all ' +
+    m.layers + ' layers, ' + s.dtype + '.';
+  el('layers').textContent = m.layers;
+  el('layers2').textContent = m.layers;
+  var xs = m.groups.map(function (q) { return shortLabel(m, q); });
+  var colour = m.groups.map(function (q) { return q === g ? '#d62728' : q === m.H ? '#7f7f7f' : q === 1 ? '#2ca02c' : '#9ecae1'; });
+  Plotly.react(el('plot'), [
+    {type: 'bar', x: xs, y: kv.map(function (b) { return b / 2 ** 30; }), marker: {color: colour},
+     name: 'KV cache per sequence (GiB)', xaxis: 'x', yaxis: 'y'},
+    {type: 'bar', x: xs, y: ms.slice(), marker: {color: colour}, name: 'measured ms (one layer)', xaxis: 'x2', yaxis: 'y2'}
+  ], {
+    grid: {rows: 1, columns: 2, pattern: 'independent'}, showlegend: false, height: 360,
+    margin: {t: 70, b: 50, l: 60, r: 20},
+    title: {text: m.name + ', ' + ctx.toLocaleString('en-US') + '-token context, chosen G = ' + g + ' (red)', font: {size: 13}},
+    xaxis: {title: {text: 'KV heads G'}, type: 'category'}, xaxis2: {title: {text: 'KV heads G'}, type: 'category'},
+    yaxis: {rangemode: 'tozero'}, yaxis2: {rangemode: 'tozero'},
+    annotations: [
+      {text: 'KV cache of one sequence, all layers (GiB)', xref: 'x domain', yref: 'y domain', x: 0.5, y: 1.1, showarrow: false},
+      {text: 'measured decode step, one layer (ms)', xref: 'x2 domain', yref: 'y2 domain', x: 0.5, y: 1.1, showarrow: false}
+    ]
+  }, {displaylogo: false, responsive: true});
+  root.dataset.state = JSON.stringify({model: m.name, device: s.device, note: s.note, context: ctx, G: g});
+}
+el('model').addEventListener('change', function () { onModel(); update(); });
+el('device').addEventListener('change', function () { onDevice(+el('context').dataset.tokens); update(); });
+el('context').addEventListener('change', update);
+el('G').addEventListener('input', update);
+onModel(); update();
+"""
+
+_EXPLORER_FORM = """<div id="{id}" class="gqa-decode-explorer" style="font-size:0.9em">
+<script type="application/json" data-explorer="data">{data}</script>
+<div style="display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:6px 18px;margin-bottom:8px">
+<label>model <select data-explorer="model"></select></label>
+<label>measured on <select data-explorer="device"></select></label>
+<label>context <select data-explorer="context"></select></label>
+<label>KV heads G <input type="range" data-explorer="G" min="0" step="1"> <span data-explorer="G-label"></span></label>
+</div>
+<table class="gqa-decode-explorer-readout">
+<tr><td>KV cache of one sequence (all <span data-explorer="layers"></span> layers)</td><td data-explorer="kv-seq"></td></tr>
+<tr><td>&nbsp;&nbsp;for comparison</td><td data-explorer="kv-ref"></td></tr>
+<tr><td>K and V one decode step reads in one layer</td><td data-explorer="kv-step"></td></tr>
+<tr><td>measured time of that step (one layer's attention)</td><td data-explorer="ms"></td></tr>
+<tr><td>&nbsp;&nbsp;for comparison</td><td data-explorer="ms-ref"></td></tr>
+<tr><td>scaled to all <span data-explorer="layers2"></span> layers (one layer's time &times; layers; attention only,
+no weights)</td><td data-explorer="ms-model"></td></tr>
+</table>
+<p data-explorer="what" style="font-size:0.9em;margin:4px 0"></p>
+<div data-explorer="plot" class="gqa-plotly plotly-graph-div" style="width:100%;height:360px"></div>
+</div>"""
+
+
+def decode_explorer_html(sweeps, models=EXPLORER_MODELS, div_id: str | None = None) -> str:
+    """The precomputed explorer as HTML: controls, a read-out table and a plotly figure, drawn by an inline
+    script that only looks up :func:`decode_explorer_data` (embedded as JSON in the HTML)."""
+    div_id = div_id or f"gqa-explorer-{uuid.uuid4().hex[:12]}"
+    data = json.dumps(decode_explorer_data(sweeps, models), separators=(",", ":")).replace("</", "<\\/")
+    body = _EXPLORER_SCRIPT.replace("__ID__", div_id)
+    return _EXPLORER_FORM.format(id=html.escape(div_id), data=data) + run_with_plotly(body)
+
+
+class PrecomputedExplorer:
+    """Displays :func:`decode_explorer_html` (the same HTML in Jupyter, on Colab and on the website)."""
+
+    def __init__(self, sweeps, models=EXPLORER_MODELS):
+        self.html = decode_explorer_html(sweeps, models)  # checks the input now, not at display time
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/html": self.html,
+                "text/plain": "<decode explorer: open in a browser or Jupyter to use the controls>"}
+
+
+def precomputed_explorer(sweeps, models=EXPLORER_MODELS) -> PrecomputedExplorer:
+    """Chapter 5's explorer for the website: G slider, context and model (and device) over measured sweeps."""
+    return PrecomputedExplorer(sweeps, models)

@@ -14,7 +14,18 @@ from torch.utils._pytree import tree_flatten
 from gqa_lib import PRESETS, bench, kv_cache_bytes
 from gqa_lib.kv_cache import KVCache
 from gqa_lib.speed_figures import decode_sweep_figure, kv_by_group_figure, relative_speed_figure, time_by_group_figure
-from gqa_lib.widgets import DecodeExplorer, SizeRefused, compare_times, measure_decode_per_group
+from gqa_lib.widgets import (
+    EXPLORER_MODELS,
+    DecodeExplorer,
+    PrecomputedExplorer,
+    SizeRefused,
+    compare_times,
+    decode_explorer_data,
+    decode_explorer_html,
+    measure_decode_per_group,
+    measure_explorer_sweeps,
+    precomputed_explorer,
+)
 
 SMALL = PRESETS["Mistral 7B"]
 # Mistral's H=32 and G=8 with a tiny head dim: real divisibility rules, kilobytes of K/V.
@@ -441,14 +452,15 @@ def test_memory_guard_counts_what_is_allocated_at_once(monkeypatch, dtype, impl)
         assert torch.cuda.max_memory_allocated() - start <= sum(parts.values()) + 2**20  # + 512-byte rounding, lse
 
 
-def test_static_display_shows_snapshot(monkeypatch, capsys):
+def test_static_display_shows_a_note_not_dead_sliders(monkeypatch):
     monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
     monkeypatch.setenv("GQA_BOOK_STATIC", "1")
-    shown = []
+    shown, displayed = [], []
     monkeypatch.setattr("gqa_lib.widgets.show", lambda fig: shown.append(fig))
+    monkeypatch.setattr("IPython.display.display", lambda obj: displayed.append(obj))
     ex = DecodeExplorer()
     ex.display()
-    assert shown == [ex.kv_figure, ex.time_figure]
+    assert shown == [] and len(displayed) == 1 and "Jupyter or Colab" in displayed[0].data
     assert ex._controls is None  # no widgets were created on the static page
 
 
@@ -484,3 +496,141 @@ def test_sweep_cli_json_and_load_results(tmp_path):
     results = bench.load_results(tmp_path, "sweep")
     assert len(results) == 1 and {(r["context"], r["G"]) for r in results[0]["rows"]} == {(8, 1), (8, 2), (16, 1), (16, 2)}
     assert bench.load_results(tmp_path, "model") == []
+
+
+# -- the precomputed explorer (chapter 5's sliders on the website) ---------------------------------------------
+
+
+def _explorer_sweep(heads, contexts=(64, 128), batch=1, dtype="float32", head_dim=128, device="test CPU", **extra):
+    """A sweep result with distinct made-up times (ms = G + context / 1000) and the right kv_bytes."""
+    elem = 4 if dtype == "float32" else 2
+    rows = [{"context": c, "G": g, "ms": g + c / 1000, "kv_bytes": 2 * batch * g * c * head_dim * elem}
+            for c in contexts for g in bench.divisors(heads)]
+    return {"benchmark": "sweep", "device": device, "rows": rows,
+            "settings": {"batch": batch, "heads": heads, "head_dim": head_dim, "dtype": dtype}, **extra}
+
+
+def test_explorer_data_equals_the_presets_formulas_and_the_sweeps_rows():
+    sweeps = [_explorer_sweep(32, note="measured when this chapter ran"), _explorer_sweep(28), _explorer_sweep(64),
+              _explorer_sweep(32, contexts=(1024,), batch=4, dtype="bfloat16", device="GPU"),  # a reference, H=32
+              _explorer_sweep(16, head_dim=256, device="other shape")]  # no explorer model has this shape: ignored
+    data = decode_explorer_data(sweeps)
+    assert [m["name"] for m in data["models"]] == list(EXPLORER_MODELS)
+    for m in data["models"]:
+        p = PRESETS[m["name"]]
+        assert (m["H"], m["G0"], m["layers"], m["D"]) == (p.n_heads, p.n_kv_heads, p.n_layers, p.head_dim)
+        assert m["groups"] == [g for g in range(1, p.n_heads + 1) if p.n_heads % g == 0]
+        measured = [s for s in sweeps if s["settings"]["heads"] == p.n_heads and s["settings"]["head_dim"] == p.head_dim]
+        assert [e["device"] for e in m["sweeps"]] == [s["device"] for s in measured]
+        for entry, sweep in zip(m["sweeps"], measured):
+            elem = 4 if sweep["settings"]["dtype"] == "float32" else 2
+            B = sweep["settings"]["batch"]
+            assert entry["note"] == sweep.get("note", "committed reference sweep")
+            assert (entry["batch"], entry["dtype"]) == (B, sweep["settings"]["dtype"])
+            assert entry["contexts"] == sorted({r["context"] for r in sweep["rows"]})
+            for r in sweep["rows"]:
+                c, j = entry["contexts"].index(r["context"]), m["groups"].index(r["G"])
+                assert entry["ms"][c][j] == r["ms"]
+                # one sequence, every layer, K and V: 2 * layers * G * D * bytes per token
+                assert entry["kvSeq"][c][j] == 2 * p.n_layers * r["G"] * p.head_dim * elem * r["context"]
+                assert entry["kvStep"][c][j] == r["kv_bytes"]  # what the measured one-layer step reads
+    assert len(data["models"][0]["sweeps"]) == 2 and len(data["models"][2]["sweeps"]) == 1
+
+
+def test_explorer_data_one_sweep_serves_every_model_of_its_shape():
+    data = decode_explorer_data([_explorer_sweep(64)], models=["Llama 2 70B", "Llama 3.1 70B", PRESETS["Qwen2.5 72B"]])
+    assert [len(m["sweeps"]) for m in data["models"]] == [1, 1, 1]
+    assert data["models"][0]["sweeps"][0]["ms"] == data["models"][1]["sweeps"][0]["ms"]
+
+
+def _without(sweep, context, g):
+    sweep["rows"] = [r for r in sweep["rows"] if (r["context"], r["G"]) != (context, g)]
+    return sweep
+
+
+def _with_row(sweep, **row):
+    sweep["rows"].append(row)
+    return sweep
+
+
+@pytest.mark.parametrize("sweeps, models, match", [
+    ([], EXPLORER_MODELS, "at least one sweep"),
+    (None, EXPLORER_MODELS, "list of sweep results"),
+    ([_explorer_sweep(32)], EXPLORER_MODELS, "Qwen2.5 7B's shape H=28"),  # a model no sweep measured
+    ([_explorer_sweep(32)], ["Llama 9 7B"], "unknown model preset 'Llama 9 7B'"),
+    ([_explorer_sweep(32)], "Llama 2 7B", "list of model presets"),
+    ([_explorer_sweep(32)], [], "at least one model preset"),
+    ([_explorer_sweep(32)], ["Llama 2 7B", "Llama 2 7B"], "more than once"),
+    ([_without(_explorer_sweep(32), 128, 8)], ["Llama 2 7B"], r"no time for \(context, G\) \[\(128, 8\)\]"),
+    ([_with_row(_explorer_sweep(32), context=64, G=3, ms=1.0)], ["Llama 2 7B"], r"G=\[3\] do not divide H=32"),
+    ([_with_row(_explorer_sweep(32), context=64, G=8, ms=1.0)], ["Llama 2 7B"], "two rows for context 64, G=8"),
+    ([{**_explorer_sweep(32), "rows": [{**r, "ms": 0.0} for r in _explorer_sweep(32)["rows"]]}], ["Llama 2 7B"], "positive time"),
+    ([{**_explorer_sweep(32), "rows": [{**r, "ms": float("nan")} for r in _explorer_sweep(32)["rows"]]}], ["Llama 2 7B"],
+     "positive time"),
+    ([{**_explorer_sweep(32), "rows": [{"context": 64, "G": 1}]}], ["Llama 2 7B"], "needs context, G and ms"),
+    ([{**_explorer_sweep(32), "rows": []}], ["Llama 2 7B"], "has no rows"),
+    ([{**_explorer_sweep(32), "rows": [{**r, "kv_bytes": 1} for r in _explorer_sweep(32)["rows"]]}], ["Llama 2 7B"],
+     "kv_bytes 1 at context 64, G=1"),
+    ([{"device": "x", "rows": []}], ["Llama 2 7B"], "'device', 'settings' and 'rows'"),
+    ([{**_explorer_sweep(32), "settings": {"heads": 32}}], ["Llama 2 7B"], "settings need batch, heads"),
+    ([_explorer_sweep(32, dtype="float64")], ["Llama 2 7B"], "dtype must be one of"),
+    ([{**_explorer_sweep(32), "settings": {**_explorer_sweep(32)["settings"], "batch": 0}}], ["Llama 2 7B"], "batch must be"),
+])
+def test_explorer_data_refuses_bad_input(sweeps, models, match):
+    with pytest.raises(ValueError, match=match):
+        decode_explorer_data(sweeps, models)
+    with pytest.raises(ValueError, match=match):  # checked when the explorer is made, not when it is displayed
+        precomputed_explorer(sweeps, models)
+
+
+def test_explorer_html_embeds_exactly_the_data_and_draws_into_its_own_div():
+    sweeps = [_explorer_sweep(32, device="GPU </script><b>"), _explorer_sweep(28), _explorer_sweep(64)]
+    page = decode_explorer_html(sweeps, div_id="ex-1")
+    assert page.count('id="ex-1"') == 1 and "getElementById('ex-1')" in page
+    start = page.index('<script type="application/json" data-explorer="data">') + len(
+        '<script type="application/json" data-explorer="data">')
+    embedded = page[start:page.index("</script>", start)]
+    assert "</" not in embedded  # a device name cannot end the script element early
+    assert json.loads(embedded) == decode_explorer_data(sweeps)
+    for name in ("model", "device", "context", "G", "kv-seq", "ms", "ms-model", "plot"):
+        assert f'data-explorer="{name}"' in page
+    shown = PrecomputedExplorer(sweeps)._repr_mimebundle_()
+    assert "gqa-decode-explorer" in shown["text/html"] and "text/plain" in shown
+    assert decode_explorer_html(sweeps) != decode_explorer_html(sweeps)  # a fresh div id each time
+
+
+def test_measure_explorer_sweeps_rows_cover_every_shape_context_and_g():
+    tiny28 = dataclasses.replace(PRESETS["Qwen2.5 7B"], name="tiny28", head_dim=8)
+    tiny32b = dataclasses.replace(TINY, name="tiny32b")  # TINY's shape: shares its sweep
+    sweeps = measure_explorer_sweeps([TINY, tiny28, tiny32b], contexts=[16, 8, 16], batch_size=2, device="cpu",
+                                     min_run_time=0.001, rounds=1)
+    assert [(s["settings"]["heads"], s["settings"]["head_dim"]) for s in sweeps] == [(32, 8), (28, 8)]
+    for s in sweeps:
+        H = s["settings"]["heads"]
+        assert s["settings"]["batch"] == 2 and s["settings"]["dtype"] == "float32" and s["device"].startswith("CPU")
+        assert s["note"] == "measured when this chapter ran"
+        assert sorted((r["context"], r["G"]) for r in s["rows"]) == [(c, g) for c in (8, 16) for g in bench.divisors(H)]
+        for r in s["rows"]:
+            assert r["ms"] > 0 and r["kv_bytes"] == 2 * 2 * r["G"] * r["context"] * 8 * 4
+    data = decode_explorer_data(sweeps, models=[TINY, tiny28, tiny32b])
+    assert [len(m["sweeps"]) for m in data["models"]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(contexts=[]), "at least one context"),
+    (dict(contexts=[0]), "context must be"),
+    (dict(contexts=5), "list of token counts"),
+    (dict(batch_size=0), "batch_size must be"),
+    (dict(dtype="int8"), "dtype must be one of"),
+    (dict(models=[]), "at least one model preset"),
+    (dict(device="meta"), "CPU or a CUDA device"),
+])
+def test_measure_explorer_sweeps_refuses_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        measure_explorer_sweeps(**{"models": [TINY], "contexts": [8], "device": "cpu", **kwargs})
+
+
+def test_measure_explorer_sweeps_refuses_what_does_not_fit(monkeypatch):
+    monkeypatch.setattr("gqa_lib.widgets.available_memory_bytes", lambda device: 2**20)
+    with pytest.raises(SizeRefused, match="more than half of the"):
+        measure_explorer_sweeps(["Llama 2 70B"], contexts=[4096], device="cpu")
