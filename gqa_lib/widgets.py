@@ -444,7 +444,7 @@ class DecodeExplorer:
 # -- the precomputed explorer: works on the static website, in Jupyter and on Colab ----------------------------
 
 EXPLORER_MODELS = ("Llama 2 7B", "Qwen2.5 7B", "Llama 2 70B")  # H = 32, 28, 64 query heads, all D = 128
-EXPLORER_CONTEXTS = (512, 1024, 2048, 4096)  # on a CPU: the whole measurement in about 20 s on 2 threads
+EXPLORER_CONTEXTS = (512, 1024, 2048, 4096)  # on a CPU: the whole measurement in about 15 s on 1 thread
 
 
 def _explorer_models(models) -> list[ModelPreset]:
@@ -472,6 +472,7 @@ def measure_explorer_sweeps(
     device: str | torch.device | None = None,
     min_run_time: float = 0.04,
     rounds: int = 3,
+    num_threads: int | None = 1,
 ) -> list[dict]:
     """The measurements behind :func:`precomputed_explorer`: one decode sweep per attention shape of ``models``.
 
@@ -480,11 +481,20 @@ def measure_explorer_sweeps(
     of one attention layer, :func:`gqa_lib.grouped_attention` (one query token
     of H heads against ``context`` cached positions of G KV heads, batch
     ``batch_size``), for every G dividing H and every context, ``rounds``
-    interleaved rounds each. Returns results in the format of ``python -m
+    interleaved rounds each (the best median of each kept: a reading spoiled
+    by load elsewhere on the machine in one round is replaced by a better
+    one). Returns results in the format of ``python -m
     gqa_lib.bench sweep --json`` (``benchmark``, ``device``, ``settings``,
     ``rows`` with ``context``, ``G``, ``ms`` and ``kv_bytes``), plus ``note``:
     "measured when this chapter ran". Sizes that would not fit in half of the
     device's free memory raise :class:`SizeRefused`.
+
+    On a CPU the timings run on ``num_threads`` threads, by default one
+    (``None``: ``torch.get_num_threads()``), and the device name says how
+    many. One thread is the robust choice on a shared machine: a busy program
+    slows it in proportion, while a multi-threaded kernel stalls on every
+    call whose second thread has lost its core (on the book's 2-core build
+    machine, whole rows of a 2-thread sweep read ~8 ms instead of 0.1 ms).
     """
     presets = _explorer_models(models)
     try:
@@ -506,12 +516,22 @@ def measure_explorer_sweeps(
                 f"H={H}, D={D}, batch {batch_size} x context {max(contexts)} needs {sum(needed.values()) / 2**30:.2f} GiB "
                 f"at once, more than half of the {free / 2**30:.1f} GiB free on {device_name(device)}"
             )
+    threads = timing_threads(num_threads)  # ValueError naming a bad count
+    label = device_name(device, threads)
+    if device.type == "cpu" and threads == 1:
+        label = label.replace("1 threads", "1 thread")
     sweeps = []
     for H, D in shapes:
-        rows = sweep_attention_decode(contexts=contexts, batch_size=batch_size, n_heads=H, head_dim=D, dtype=name,
-                                      device=device, min_run_time=min_run_time, progress=False, rounds=rounds)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the timers run on torch.get_num_threads() threads
+        try:
+            rows = sweep_attention_decode(contexts=contexts, batch_size=batch_size, n_heads=H, head_dim=D,
+                                          dtype=name, device=device, min_run_time=min_run_time, progress=False,
+                                          rounds=rounds)
+        finally:
+            torch.set_num_threads(previous)
         sweeps.append({
-            "benchmark": "sweep", "device": device_name(device), "torch": torch.__version__,
+            "benchmark": "sweep", "device": label, "torch": torch.__version__,
             "settings": {"batch": batch_size, "heads": H, "head_dim": D, "dtype": name},
             "rows": rows, "note": "measured when this chapter ran",
         })

@@ -607,13 +607,30 @@ def test_measure_explorer_sweeps_rows_cover_every_shape_context_and_g():
     assert [(s["settings"]["heads"], s["settings"]["head_dim"]) for s in sweeps] == [(32, 8), (28, 8)]
     for s in sweeps:
         H = s["settings"]["heads"]
-        assert s["settings"]["batch"] == 2 and s["settings"]["dtype"] == "float32" and s["device"].startswith("CPU")
+        assert s["settings"]["batch"] == 2 and s["settings"]["dtype"] == "float32"
+        assert s["device"].startswith("CPU (") and s["device"].endswith(", 1 thread)")  # one thread by default
         assert s["note"] == "measured when this chapter ran"
         assert sorted((r["context"], r["G"]) for r in s["rows"]) == [(c, g) for c in (8, 16) for g in bench.divisors(H)]
         for r in s["rows"]:
             assert r["ms"] > 0 and r["kv_bytes"] == 2 * 2 * r["G"] * r["context"] * 8 * 4
     data = decode_explorer_data(sweeps, models=[TINY, tiny28, tiny32b])
     assert [len(m["sweeps"]) for m in data["models"]] == [1, 1, 1]
+
+
+def test_measure_explorer_sweeps_times_on_the_threads_it_names_and_restores_the_count(monkeypatch):
+    seen = []
+    real = bench.sweep_attention_decode
+
+    def spy(**kwargs):
+        seen.append(torch.get_num_threads())
+        return real(**kwargs)
+
+    monkeypatch.setattr("gqa_lib.widgets.sweep_attention_decode", spy)
+    before = torch.get_num_threads()
+    one = measure_explorer_sweeps([TINY], contexts=[8], device="cpu", min_run_time=0.001, rounds=1)
+    every = measure_explorer_sweeps([TINY], contexts=[8], device="cpu", min_run_time=0.001, rounds=1, num_threads=None)
+    assert seen == [1, before] and torch.get_num_threads() == before
+    assert one[0]["device"].endswith(", 1 thread)") and every[0]["device"].endswith(f", {before} threads)") or before == 1
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -624,6 +641,7 @@ def test_measure_explorer_sweeps_rows_cover_every_shape_context_and_g():
     (dict(dtype="int8"), "dtype must be one of"),
     (dict(models=[]), "at least one model preset"),
     (dict(device="meta"), "CPU or a CUDA device"),
+    (dict(num_threads=0), "num_threads must be"),
 ])
 def test_measure_explorer_sweeps_refuses_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
