@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import uuid
 from dataclasses import dataclass
 
 from .checks import as_count
 from .model_configs import REAL_MODELS, RealModel, load_real_model
-from .plots import run_with_plotly
+from .plots import FORM_HELPERS_JS, run_with_plotly
 
 __all__ = [
     "Device", "DEVICES", "MEMORIES_GB", "CACHE_DTYPES", "CONTEXTS", "BATCHES",
@@ -246,15 +245,6 @@ def calculator_data() -> dict:
 _SCRIPT = r"""
 var D = __DATA__, root = document.getElementById('__ID__');
 function el(name) { return root.querySelector('[data-calc="' + name + '"]'); }
-function fill(select, labels) {
-  select.innerHTML = '';
-  labels.forEach(function (t, i) { var o = document.createElement('option'); o.value = i; o.textContent = t; select.appendChild(o); });
-}
-function fmtBytes(b) {
-  var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
-  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
-  return (b >= 100 ? b.toFixed(0) : b >= 10 ? b.toFixed(1) : b.toFixed(2)) + ' ' + u[i];
-}
 function fmtInt(n) { return n.toLocaleString('en-US'); }
 function perSeq(r, ctx, win) { return r.kvFull * ctx + r.kvWindowed * (win === null ? ctx : Math.min(ctx, win)); }
 function fits(r, ctx, win, mem) { var free = mem - r.weights; return free <= 0 ? 0 : Math.floor(free / perSeq(r, ctx, win)); }
@@ -343,7 +333,7 @@ def calculator_html(div_id: str | None = None) -> str:
     div_id = div_id or f"gqa-calc-{uuid.uuid4().hex[:12]}"
     data = json.dumps(calculator_data(), separators=(",", ":"))
     body = _SCRIPT.replace("__DATA__", data).replace("__ID__", div_id)
-    return _FORM.format(id=html.escape(div_id)) + run_with_plotly(body)
+    return _FORM.format(id=html.escape(div_id)) + run_with_plotly(FORM_HELPERS_JS + body)
 
 
 class Calculator:

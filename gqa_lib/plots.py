@@ -17,7 +17,7 @@ import uuid
 import plotly
 import plotly.graph_objects as go
 
-__all__ = ["show", "PlotlyHTML", "figure_html", "run_with_plotly"]
+__all__ = ["show", "PlotlyHTML", "figure_html", "run_with_plotly", "FORM_HELPERS_JS"]
 
 _CDN = "https://cdn.plot.ly/plotly-{version}.min.js"
 
@@ -44,6 +44,21 @@ def figure_html(fig: go.Figure, div_id: str | None = None) -> str:
         f'<div id="{html.escape(div_id)}" class="gqa-plotly plotly-graph-div" style="width:100%;height:{int(height)}px;"></div>\n'
         + run_with_plotly(f"var fig = {fig_json};\nPlotly.newPlot('{div_id}', fig);")
     )
+
+
+# JavaScript shared by the book's in-page tools (chapter 5's explorer, chapter 9's calculator): fill a <select>
+# with labels, and format a byte count as gqa_lib's tests and tables do (three significant figures, binary units).
+FORM_HELPERS_JS = r"""
+function fill(select, labels) {
+  select.innerHTML = '';
+  labels.forEach(function (t, i) { var o = document.createElement('option'); o.value = i; o.textContent = t; select.appendChild(o); });
+}
+function fmtBytes(b) {
+  var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
+  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
+  return (b >= 100 ? b.toFixed(0) : b >= 10 ? b.toFixed(1) : b.toFixed(2)) + ' ' + u[i];
+}
+"""
 
 
 def run_with_plotly(body: str) -> str:

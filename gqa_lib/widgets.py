@@ -37,7 +37,7 @@ from .bench import divisors, sweep_attention_decode
 from .checks import as_count
 from .gpu_plan import explorer_memory_parts
 from .kv_cache import kv_cache_bytes
-from .plots import run_with_plotly, show
+from .plots import FORM_HELPERS_JS, run_with_plotly, show
 from .presets import PRESETS, ModelPreset
 from .speed_figures import kv_by_group_figure, time_by_group_figure
 from .timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
@@ -639,15 +639,6 @@ _EXPLORER_SCRIPT = r"""
 var root = document.getElementById('__ID__');
 var D = JSON.parse(root.querySelector('script[data-explorer="data"]').textContent);
 function el(name) { return root.querySelector('[data-explorer="' + name + '"]'); }
-function fill(select, labels) {
-  select.innerHTML = '';
-  labels.forEach(function (t, i) { var o = document.createElement('option'); o.value = i; o.textContent = t; select.appendChild(o); });
-}
-function fmtBytes(b) {
-  var u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'], i = 0;
-  while (b >= 1024 && i < u.length - 1) { b /= 1024; i++; }
-  return (b >= 100 ? b.toFixed(0) : b >= 10 ? b.toFixed(1) : b.toFixed(2)) + ' ' + u[i];
-}
 function fmtMs(ms) { return (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms >= 1 ? ms.toFixed(2) : ms.toFixed(3)) + ' ms'; }
 function compare(ms, ref, name) {  // gqa_lib.widgets.compare_times
   var ratio = ref / ms;
@@ -744,7 +735,7 @@ def decode_explorer_html(sweeps, models=EXPLORER_MODELS, div_id: str | None = No
     div_id = div_id or f"gqa-explorer-{uuid.uuid4().hex[:12]}"
     data = json.dumps(decode_explorer_data(sweeps, models), separators=(",", ":")).replace("</", "<\\/")
     body = _EXPLORER_SCRIPT.replace("__ID__", div_id)
-    return _EXPLORER_FORM.format(id=html.escape(div_id), data=data) + run_with_plotly(body)
+    return _EXPLORER_FORM.format(id=html.escape(div_id), data=data) + run_with_plotly(FORM_HELPERS_JS + body)
 
 
 class PrecomputedExplorer:

@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_flatten
 
 from gqa_lib import PRESETS, bench, kv_cache_bytes
 from gqa_lib.kv_cache import KVCache
-from gqa_lib.speed_figures import decode_sweep_figure, kv_by_group_figure, relative_speed_figure, time_by_group_figure
+from gqa_lib.speed_figures import kv_by_group_figure, relative_speed_figure, time_by_group_figure
 from gqa_lib.widgets import (
     EXPLORER_MODELS,
     DecodeExplorer,
@@ -94,31 +94,6 @@ def test_time_by_group_figure_names_device():
     assert list(fig.data[0].y) == [1.0, 2.0, 8.0]
 
 
-def _sweep(device, contexts, scale):
-    rows = [{"context": c, "G": g, "ms": scale * c * g / 1000, "kv_bytes": 2 * g * c * 8 * 4}
-            for c in contexts for g in (1, 2, 4)]
-    return {"benchmark": "sweep", "device": device, "settings": {"batch": 1, "heads": 4, "head_dim": 8}, "rows": rows}
-
-
-def test_decode_sweep_figure_slider_steps_carry_every_trace():
-    cpu, gpu = _sweep("CPU", [128, 256, 512], 1.0), _sweep("GPU", [256, 512, 1024], 0.1)
-    fig = decode_sweep_figure([cpu, gpu])
-    steps = fig.layout.sliders[0].steps
-    assert [s.label for s in steps] == ["128", "256", "512", "1024"]
-    for step, context in zip(steps, [128, 256, 512, 1024]):
-        ys = step.args[0]["y"]
-        assert len(ys) == len(fig.data) == 4  # (time, bytes) per device
-        cpu_ms = ys[0]
-        if context == 1024:
-            assert cpu_ms == [None, None, None]  # CPU did not sweep this context: a gap, not a zero
-        else:
-            assert cpu_ms == [context * g / 1000 for g in (1, 2, 4)]
-    active = steps[fig.layout.sliders[0].active]
-    assert list(fig.data[0].y) == active.args[0]["y"][0]  # the first drawn state is the active step
-    with pytest.raises(ValueError, match="initial_context=999"):
-        decode_sweep_figure([cpu], initial_context=999)
-
-
 def _top(axis_range):
     return axis_range[1]
 
@@ -131,46 +106,6 @@ def test_bar_labels_of_the_explorer_figures_are_never_clipped():
         bar = fig.data[0]
         assert bar.textposition == "outside" and bar.cliponaxis is False
         assert fig.layout.yaxis.range[0] == 0 and _top(fig.layout.yaxis.range) >= 1.15 * max(bar.y)
-
-
-def test_decode_sweep_figure_legend_sits_above_the_plots_clear_of_the_slider():
-    cpu, gpu = _sweep("CPU", [128, 256, 512], 1.0), _sweep("GPU", [256, 512, 1024], 0.1)
-    fig = decode_sweep_figure([cpu, gpu])
-    layout = fig.layout
-    height, margin = layout.height, layout.margin
-    legend, slider = layout.legend, layout.sliders[0]
-    # the legend: horizontal, hung from a fixed height in the figure's top margin, under the title
-    assert legend.orientation == "h" and legend.yref == "container" and legend.yanchor == "top"
-    legend_top_px = (1 - legend.y) * height
-    title_top_px = (1 - layout.title.y) * height
-    assert layout.title.yref == "container" and layout.title.yanchor == "top"
-    assert title_top_px + 25 <= legend_top_px  # one line of title above it
-    subplot_titles_px = margin.t - 25  # the subplot titles sit on the plot area (font 16)
-    assert legend_top_px + 2 * 25 <= subplot_titles_px  # room for two rows of legend entries
-    # the slider: below the plot area (paper y = 0, hanging down), inside the bottom margin
-    assert slider.y == 0 and slider.yanchor == "top" and slider.pad.t >= 45  # the x axes' ticks and titles
-    assert margin.b >= slider.pad.t + 70  # the slider's value label, rail and step labels
-    assert legend.y > 0.5  # nowhere near the bottom, where the old legend (y=-0.45) ran into the slider
-
-
-def test_decode_sweep_figure_labels_every_bar_and_leaves_headroom_at_every_step():
-    cpu, gpu = _sweep("CPU", [128, 256, 512], 1.0), _sweep("GPU", [256, 512, 1024], 0.1)
-    fig = decode_sweep_figure([cpu, gpu])
-    for bar in fig.data:
-        assert bar.textposition == "outside" and bar.cliponaxis is False
-        assert list(bar.text) == ["" if y is None else (f"{y:.0f}" if y >= 100 else f"{y:.3g}") for y in bar.y]
-    steps = fig.layout.sliders[0].steps
-    for step in steps:
-        data, layout = step.args
-        assert step.method == "update" and len(data["text"]) == len(data["y"]) == len(fig.data)
-        time_max = max(v for ys in data["y"][0::2] for v in ys if v is not None)
-        bytes_max = max(v for ys in data["y"][1::2] for v in ys if v is not None)
-        assert layout["yaxis.range"][0] == 0 and 1.15 * time_max <= _top(layout["yaxis.range"]) <= 1.3 * time_max
-        assert 1.15 * bytes_max <= _top(layout["yaxis2.range"]) <= 1.3 * bytes_max
-        assert all("e+" not in t for texts in data["text"] for t in texts)  # 1074, not 1.07e+03
-    active = steps[fig.layout.sliders[0].active]
-    assert list(fig.layout.yaxis.range) == active.args[1]["yaxis.range"]  # the first drawn state is the step's
-    assert list(fig.data[0].text) == active.args[0]["text"][0]
 
 
 def test_relative_speed_figure_normalises_to_mha():

@@ -187,3 +187,12 @@ def missing_browser_message() -> str | None:
             "(tools/install_browser.sh: apt-get install chromium chromium-driver)"
         )
     return None
+
+
+def fmt_bytes(b: float) -> str:
+    """A byte count as the book's in-page tools print it (gqa_lib.plots.FORM_HELPERS_JS's fmtBytes)."""
+    units, i = ["B", "KiB", "MiB", "GiB", "TiB"], 0
+    while b >= 1024 and i < len(units) - 1:
+        b /= 1024
+        i += 1
+    return f"{b:.0f} {units[i]}" if b >= 100 else f"{b:.1f} {units[i]}" if b >= 10 else f"{b:.2f} {units[i]}"

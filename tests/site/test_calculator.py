@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from gqa_lib import capacity
+from sitekit import fmt_bytes
 from gqa_lib.model_configs import load_real_model
 
 PAGE = "chapters/09_real_models.html"
@@ -34,14 +35,6 @@ return read;
 """
 
 
-def _fmt_bytes(b: float) -> str:
-    units, i = ["B", "KiB", "MiB", "GiB", "TiB"], 0
-    while b >= 1024 and i < len(units) - 1:
-        b /= 1024
-        i += 1
-    return f"{b:.0f} {units[i]}" if b >= 100 else f"{b:.1f} {units[i]}" if b >= 10 else f"{b:.2f} {units[i]}"
-
-
 CASES = [
     # model, dtype label, device label, G, context, batch
     ("Llama 3.1 8B", "bf16", "NVIDIA H100", 8, 8192, 16),
@@ -64,7 +57,7 @@ def test_calculator_shows_what_gqa_lib_computes(browser, site, case):
     nbytes = next(v for k, v in capacity.CACHE_DTYPES.items() if k.startswith(dtype))
     device = next(d for d in capacity.DEVICES if d.name.startswith(device_label))
     assert read["state"]["model"] == name and read["state"]["G"] == g and read["state"]["context"] == ctx
-    assert read["kv-seq"] == _fmt_bytes(capacity.kv_bytes_per_sequence(m, ctx, g, nbytes))
+    assert read["kv-seq"] == fmt_bytes(capacity.kv_bytes_per_sequence(m, ctx, g, nbytes))
     fits = capacity.max_batch(m, device.memory_bytes, ctx, g, nbytes)
     assert read["fits-device"] == f"{fits:,}"
     tps = capacity.decode_tokens_per_second_bound(m, batch, ctx, device.bandwidth_bytes_per_s, g, nbytes)

@@ -23,6 +23,7 @@ import pytest
 from gqa_lib import bench, get_preset
 from gqa_lib.kv_cache import kv_cache_bytes
 from gqa_lib.widgets import EXPLORER_MODELS, compare_times, decode_explorer_html
+from sitekit import fmt_bytes
 
 PAGE = "chapters/05_fast_decoding.html"
 
@@ -54,14 +55,6 @@ return read;
 """
 
 
-def _fmt_bytes(b: float) -> str:
-    units, i = ["B", "KiB", "MiB", "GiB", "TiB"], 0
-    while b >= 1024 and i < len(units) - 1:
-        b /= 1024
-        i += 1
-    return f"{b:.0f} {units[i]}" if b >= 100 else f"{b:.1f} {units[i]}" if b >= 10 else f"{b:.2f} {units[i]}"
-
-
 def _fmt_ms(ms: float) -> str:
     digits = 0 if ms >= 100 else 1 if ms >= 10 else 2 if ms >= 1 else 3
     return f"{ms:.{digits}f} ms"
@@ -80,9 +73,9 @@ def _check_readout(read: dict, model: str, device: int, ctx: int, g: int, times:
     assert read["G-label"] == f"{g}{kind}" + (", as released" if g == p.n_kv_heads else "")
     kv = {q: kv_cache_bytes(p.n_layers, q, p.head_dim, ctx, 1, dtype_bytes) for q in groups}  # one sequence
     assert kv[g] == ctx * p.kv_bytes_per_token(dtype_bytes, n_kv_heads=g)
-    assert read["kv-seq"] == _fmt_bytes(kv[g])
-    assert read["kv-ref"] == f"MHA {_fmt_bytes(kv[p.n_heads])}, MQA {_fmt_bytes(kv[1])}"
-    assert read["kv-step"] == _fmt_bytes(2 * batch * g * ctx * p.head_dim * dtype_bytes)  # one layer, K and V
+    assert read["kv-seq"] == fmt_bytes(kv[g])
+    assert read["kv-ref"] == f"MHA {fmt_bytes(kv[p.n_heads])}, MQA {fmt_bytes(kv[1])}"
+    assert read["kv-step"] == fmt_bytes(2 * batch * g * ctx * p.head_dim * dtype_bytes)  # one layer, K and V
     comparisons = [compare_times(times[g], times[ref_g], ref) for ref_g, ref in ((p.n_heads, "MHA"), (1, "MQA"))
                    if ref_g != g]
     assert read["ms"] == _fmt_ms(times[g]) + (": " + " and ".join(comparisons) if comparisons else "")
