@@ -54,7 +54,8 @@ class RealModel:
     head_dim: int  # D of the query/key heads (MLA: qk_nope_head_dim + qk_rope_head_dim)
     d_model: int  # residual width
     n_params: int  # all parameters (embeddings and output head included; a tied head counted once)
-    n_active_params: int  # parameters one generated token passes through (MoE: top-k + shared; T5: decoder + head)
+    n_active_params: int  # parameters one generated token passes through (MoE: top-k + shared; T5: decoder + head
+    #                        without the cross-attention k, v, which run once per input)
     kv_elems_per_token: int  # elements (K and V, all layers) one generated token adds to the cache
     sliding_window: int | None  # window (tokens) if every self-attention layer attends within one, else None
     window_layers: int  # how many of the n_layers attend within local_window (Mistral v0.1: all 32; Gemma 2: 21 of 42)
@@ -316,10 +317,11 @@ def _t5(cfg: dict) -> dict:
     norm per stack; one shared embedding; lm_head separate when
     ``tie_word_embeddings`` is false (T5.1.1).
 
-    ``n_active_params`` is what a decoding step runs through: the decoder
-    (its embedding, layers and final norm) plus lm_head, not the encoder,
-    which runs once per input. (The decoder's cross-attention k and v are
-    counted there although, with a cache, they also run once per input.)
+    ``n_active_params`` is what a decoding step reads: the decoder (its
+    embedding, layers and final norm) plus lm_head, without the encoder and
+    without the decoder's cross-attention k and v projections. Those run
+    once per input (on the encoder's output, whose keys and values are then
+    cached), not once per generated token.
     """
     d, H, dk = cfg["d_model"], cfg["num_heads"], cfg["d_kv"]
     L_enc = cfg["num_layers"]
@@ -339,7 +341,7 @@ def _t5(cfg: dict) -> dict:
     return dict(
         n_layers=L_dec, n_heads=H, n_kv_heads=H, head_dim=dk, d_model=d,
         n_params=embedding + encoder + decoder_layers + head,
-        n_active_params=embedding + decoder_layers + head,
+        n_active_params=embedding + decoder_layers + head - L_dec * 2 * d * inner,  # minus cross-attention k, v
         kv_elems_per_token=2 * L_dec * H * dk,
         sliding_window=None, window_layers=0, local_window=None,
         attention="MHA", kv_params_per_kv_head=2 * L_dec * per_kv_head,  # self- and cross-attention

@@ -29,7 +29,7 @@ class ModelPreset:
     n_kv_heads: int  # key/value heads G
     head_dim: int  # D
     d_model: int  # residual width
-    n_params: float  # parameters whose bytes a decoding step reads (all of them; T5: decoder + head)
+    n_params: float  # parameters whose bytes a decoding step reads (all of them; T5: decoder + head, no cross-attn k/v)
     cite: str  # key in references.bib
     n_active_params: float | None = None  # parameters one token passes through (MoE: top-k experts); default n_params
     source_key: str = ""  # key of the config in gqa_lib.model_configs.REAL_MODELS ("" for a hand-made preset)
@@ -87,7 +87,8 @@ PRESETS: dict[str, ModelPreset] = {
             "llama-3.1-405b", "mixtral-8x7b", "qwen2.5-7b", "qwen2.5-72b", "gemma-2-9b", "falcon-7b",  # MQA, H=71
         )),
         # T5.1.1-XXL's decoder (the model the GQA paper converts): 24 layers, 64 heads of dim 64.
-        # n_params: its decoder and untied head, 6.50e9 (the encoder's 4.63e9 runs once per input, not per step).
+        # n_params: its decoder and untied head without the cross-attention k, v projections, 5.70e9 (the encoder,
+        # 4.63e9, and those projections, 0.81e9, run once per input on its way in, not once per generated token).
         _preset(REAL_MODELS["t5-v1_1-xxl"], name="T5-XXL decoder", decoder_only=True),
     ]
 }
