@@ -116,12 +116,21 @@ def weight_bytes_read_per_step(model: RealModel | str, batch: int, n_kv_heads: i
                                bytes_per_elem: int = 2) -> float:
     """Bytes of weights one decode step of ``batch`` tokens reads (the model converted to ``n_kv_heads``).
 
-    Dense models read every weight. A mixture of experts reads its shared
+    Dense models read every weight; an encoder-decoder (T5) reads its decoder and head, not the encoder or the
+    cross-attention k, v projections, which run once per input. A mixture of experts reads its shared
     weights and, per layer, the experts at least one of the ``batch`` tokens
     was routed to (uniform routing: expected fraction ``1 - (1 - k/E)^batch``).
     """
     model = _model(model)
     batch = as_count("batch", batch)
+    if model.cross_kv_elems_per_source_token:
+        # An encoder-decoder (T5): a step runs the decoder and head, n_active_params, which leave out the encoder
+        # and the cross-attention k, v (both run once per input). Converting changes the self-attention k, v there.
+        def self_kv(g: int) -> int:
+            return model.n_layers * 2 * model.d_model * g * model.head_dim
+
+        g = _groups(model, n_kv_heads)
+        return float((model.n_active_params - self_kv(model.n_kv_heads) + self_kv(g)) * bytes_per_elem)
     total = model.weight_bytes(bytes_per_elem=bytes_per_elem, n_kv_heads=_groups(model, n_kv_heads))
     experts = _experts(model)
     if experts is None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import gqa_lib
 from gqa_lib import capacity
 from gqa_lib.model_configs import REAL_MODELS, load_real_model
 
@@ -60,6 +61,17 @@ def test_mixture_of_experts_reads_the_routed_experts():
     assert read[1] == pytest.approx(2 * m.n_params - expert_bytes * (6 / 8) ** 2, rel=1e-12)
     dense = load_real_model("Llama 2 7B")
     assert capacity.weight_bytes_read_per_step(dense, 1) == capacity.weight_bytes_read_per_step(dense, 256)
+
+
+def test_t5_step_reads_the_decoder_and_head_only():
+    """Not the encoder, not the cross-attention k, v (run once per input): what the T5-XXL decoder preset counts."""
+    t5 = load_real_model("T5.1.1 XXL")
+    preset = gqa_lib.get_preset("T5-XXL decoder")
+    read = capacity.weight_bytes_read_per_step(t5, 1)
+    assert read == 2 * t5.n_active_params == preset.weight_bytes() < t5.weight_bytes()
+    assert capacity.weight_bytes_read_per_step(t5, 64) == read  # dense: the batch shares every weight
+    # GQA-8 keeps 8 of 64 self-attention k, v heads in each of 24 layers: 24 * 2 * 4096 * 56 * 64 fewer parameters
+    assert read - capacity.weight_bytes_read_per_step(t5, 1, n_kv_heads=8) == 2 * 24 * 2 * 4096 * 56 * 64
 
 
 def test_bad_input_names_the_value():
