@@ -72,8 +72,11 @@ def head_projections(model: nn.Module, tokens: torch.Tensor, batch_size: int = 6
     """Each head's q, k and v vectors on ``tokens`` (B, T): one dict per attention layer.
 
     Returns ``[{"q": (H, N, D), "k": (G, N, D), "v": (G, N, D)}, ...]`` in
-    float64, N = B * T positions, before RoPE (the rotation is the same for
-    every head and preserves distances, so it changes no comparison here).
+    float64, N = B * T positions (position n = b * T + t), before RoPE, as the
+    projections write them. RoPE turns all heads' vectors at one position by the
+    same angles, so cosines between heads (:func:`cosine_matrix`) are the same
+    after it; linear CKA (:func:`linear_cka_matrix`) is not, because RoPE turns
+    each position by different angles.
     """
     batch_size = as_count("batch_size", batch_size)
     layers = _attention_layers(model)
