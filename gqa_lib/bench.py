@@ -83,8 +83,11 @@ def bench_attention_decode(
     seed: int = 0,
     rounds: int = 2,
     spare_positions: int = 0,
+    num_threads: int | None = None,
 ) -> list[dict]:
     """Time one decode step of attention (Tq = 1 against ``context`` cached keys).
+
+    ``num_threads``: CPU threads the timings run on (default ``torch.get_num_threads()``).
 
     With ``spare_positions > 0``, K and V are the first ``context`` positions
     of buffers ``context + spare_positions`` long: the strided slice of a
@@ -124,7 +127,7 @@ def bench_attention_decode(
             for name in implementations
         }
         with torch.no_grad():
-            best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time)
+            best = time_interleaved(calls, rounds=rounds, min_run_time=min_run_time, num_threads=num_threads)
         for g, (q, k, v) in inputs.items():
             kv_bytes = 2 * k.numel() * k.element_size()  # the Tk positions read, not the spare ones
             for name in implementations:
@@ -310,6 +313,7 @@ def sweep_attention_decode(
     min_run_time: float = 0.1,
     progress: bool = True,
     rounds: int = 2,
+    num_threads: int | None = None,
 ) -> list[dict]:
     """Decode-step time of :func:`grouped_attention` for every (context, G): the data behind the static sliders.
 
@@ -317,13 +321,14 @@ def sweep_attention_decode(
     ``kv_bytes`` (the K and V bytes one call reads). Each context times its
     G values interleaved, ``rounds`` times, keeping each G's best median
     (:func:`bench_attention_decode`): more rounds, fewer readings spoiled by
-    load elsewhere on the machine.
+    load elsewhere on the machine. ``num_threads``: CPU threads the timings run on.
     """
     rows = []
     for context in progress_bar(list(contexts), "context lengths", enabled=progress):
         for r in bench_attention_decode(
             batch_size=batch_size, n_heads=n_heads, head_dim=head_dim, context=context, dtype=dtype,
             device=device, groups=groups, implementations=["grouped"], min_run_time=min_run_time, rounds=rounds,
+            num_threads=num_threads,
         ):
             rows.append({"context": context, "G": r["G"], "ms": r["ms"], "kv_bytes": r["kv_bytes"]})
     return rows

@@ -67,7 +67,8 @@ def device_name(device: torch.device, num_threads: int | None = None) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {timing_threads(num_threads)} threads)"
+    threads = timing_threads(num_threads)
+    return f"CPU ({platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 @dataclass(frozen=True)

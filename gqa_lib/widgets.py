@@ -518,18 +518,11 @@ def measure_explorer_sweeps(
             )
     threads = timing_threads(num_threads)  # ValueError naming a bad count
     label = device_name(device, threads)
-    if device.type == "cpu" and threads == 1:
-        label = label.replace("1 threads", "1 thread")
     sweeps = []
     for H, D in shapes:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)  # the timers run on torch.get_num_threads() threads
-        try:
-            rows = sweep_attention_decode(contexts=contexts, batch_size=batch_size, n_heads=H, head_dim=D,
-                                          dtype=name, device=device, min_run_time=min_run_time, progress=False,
-                                          rounds=rounds)
-        finally:
-            torch.set_num_threads(previous)
+        rows = sweep_attention_decode(contexts=contexts, batch_size=batch_size, n_heads=H, head_dim=D, dtype=name,
+                                      device=device, min_run_time=min_run_time, progress=False, rounds=rounds,
+                                      num_threads=threads)
         sweeps.append({
             "benchmark": "sweep", "device": label, "torch": torch.__version__,
             "settings": {"batch": batch_size, "heads": H, "head_dim": D, "dtype": name},

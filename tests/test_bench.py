@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gqa_lib import bench
 
@@ -168,3 +169,10 @@ def test_one_group_at_a_time_when_everything_does_not_fit(monkeypatch):
     model_rows = bench.bench_model_decode(n_heads=4, d_model=16, n_layers=1, d_ff=16, vocab_size=8, batch_size=1,
                                           context=8, groups=[1, 4], min_run_time=0.01, rounds=1)
     assert [r["G"] for r in model_rows] == [1, 4]
+
+
+def test_device_name_counts_cpu_threads_in_words():
+    from gqa_lib.timing import device_name
+
+    assert device_name(torch.device("cpu"), 1).endswith(", 1 thread)")
+    assert device_name(torch.device("cpu"), 2).endswith(", 2 threads)")

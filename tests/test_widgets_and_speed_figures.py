@@ -552,19 +552,23 @@ def test_measure_explorer_sweeps_rows_cover_every_shape_context_and_g():
     assert [len(m["sweeps"]) for m in data["models"]] == [1, 1, 1]
 
 
-def test_measure_explorer_sweeps_times_on_the_threads_it_names_and_restores_the_count(monkeypatch):
+def test_measure_explorer_sweeps_times_on_the_threads_it_names_and_leaves_the_count(monkeypatch):
+    from gqa_lib import timing
+
+    real = timing.time_call
     seen = []
-    real = bench.sweep_attention_decode
 
-    def spy(**kwargs):
-        seen.append(torch.get_num_threads())
-        return real(**kwargs)
+    def spy(fn, min_run_time=0.3, num_threads=None):  # the timer of every sweep call, on the threads it is given
+        seen.append(timing.timing_threads(num_threads))
+        return real(fn, min_run_time=min_run_time, num_threads=num_threads)
 
-    monkeypatch.setattr("gqa_lib.widgets.sweep_attention_decode", spy)
+    monkeypatch.setattr(timing, "time_call", spy)
     before = torch.get_num_threads()
     one = measure_explorer_sweeps([TINY], contexts=[8], device="cpu", min_run_time=0.001, rounds=1)
+    n_one = len(seen)
     every = measure_explorer_sweeps([TINY], contexts=[8], device="cpu", min_run_time=0.001, rounds=1, num_threads=None)
-    assert seen == [1, before] and torch.get_num_threads() == before
+    assert n_one > 0 and set(seen[:n_one]) == {1} and set(seen[n_one:]) == {before}
+    assert torch.get_num_threads() == before
     assert one[0]["device"].endswith(", 1 thread)") and every[0]["device"].endswith(f", {before} threads)") or before == 1
 
 
