@@ -210,10 +210,11 @@ def kv_cache_growth_figure(
         colourscale += [[i / 4, colour], [(i + 1) / 4, colour]]
 
     def heatmap(step: int) -> go.Heatmap:
+        z = grid(step)
         return go.Heatmap(
-            z=grid(step), x=list(range(n_pos)), y=list(range(n_rows)), zmin=-0.5, zmax=3.5, colorscale=colourscale,
+            z=z, x=list(range(n_pos)), y=list(range(n_rows)), zmin=-0.5, zmax=3.5, colorscale=colourscale,
             showscale=False, xgap=2, ygap=4,
-            customdata=[[CACHE_STATES[v] for v in r] for r in grid(step)],
+            customdata=[[CACHE_STATES[v] for v in r] for r in z],
             text=[[r] * n_pos for r in rows],
             hovertemplate=f"%{{text}}, position %{{x}}: %{{customdata}} ({G} heads × {D} numbers)<extra></extra>",
             meta={"role": "cache"},

@@ -21,6 +21,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .checks import as_count
 from .kv_cache import kv_cache_bytes
 from .presets import ModelPreset
 
@@ -36,12 +37,6 @@ __all__ = [
 GIB = 2**30  # bytes in one GiB
 
 _MAPPINGS = ("contiguous", "strided")
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
 
 
 def _check_group_count(n_heads: int, n_kv_heads) -> int:
@@ -79,7 +74,7 @@ def kv_head_for_query_head(h: int, n_heads: int, n_kv_heads: int, mapping: str =
     flash-attn): ``h // (H // G)``. ``mapping="strided"``: ``h % G``, the
     grouping some public conversion code pools by (heads g, g+G, g+2G, ...).
     """
-    n_heads = _check_positive_int("n_heads", n_heads)
+    n_heads = as_count("n_heads", n_heads)
     g = _check_group_count(n_heads, n_kv_heads)
     if not 0 <= h < n_heads:
         raise ValueError(f"query head h must be in [0, {n_heads}); got {h}")
@@ -137,14 +132,14 @@ def head_grouping_figure(
     marker trace has ``customdata`` = KV head indices, so tests and readers
     can recover the drawn pairs from the figure's data.
     """
-    n_heads = _check_positive_int("n_heads", n_heads)
+    n_heads = as_count("n_heads", n_heads)
     if mapping not in _MAPPINGS:
         raise ValueError(f"mapping must be one of {_MAPPINGS}; got {mapping!r}")
     counts = list(kv_head_counts)
     if not counts:
         raise ValueError("kv_head_counts must name at least one G")
     counts = [_check_group_count(n_heads, g) for g in counts]
-    height = _check_positive_int("height", height)
+    height = as_count("height", height)
 
     panel_titles = [f"{_kind(n_heads, g)} (G={g})" for g in counts]
     fig = make_subplots(rows=1, cols=len(counts), subplot_titles=panel_titles, horizontal_spacing=0.03)
@@ -276,7 +271,7 @@ def _model_shape(preset_or_shape) -> dict:
             f"or a (n_layers, n_heads, head_dim) tuple; got {preset_or_shape!r}"
         )
     for key in ("n_layers", "n_heads", "head_dim"):
-        shape[key] = _check_positive_int(key, shape[key])
+        shape[key] = as_count(key, shape[key])
     return shape
 
 
@@ -328,9 +323,9 @@ def kv_cache_slider_figure(
     """
     shape = _model_shape(preset_or_shape)
     n_layers, n_heads, head_dim = shape["n_layers"], shape["n_heads"], shape["head_dim"]
-    batch_size = _check_positive_int("batch_size", batch_size)
-    bytes_per_elem = _check_positive_int("bytes_per_elem", bytes_per_elem)
-    height = _check_positive_int("height", height)
+    batch_size = as_count("batch_size", batch_size)
+    bytes_per_elem = as_count("bytes_per_elem", bytes_per_elem)
+    height = as_count("height", height)
     xs = list(seq_lens)
     if not xs:
         raise ValueError("seq_lens must contain at least one context length")
@@ -459,18 +454,18 @@ def grouped_product_figure(
     trace (``meta["role"] == "query-heads"``) puts a hover label at the centre
     of each head's stripe, with ``customdata`` = [h, g, r, first row, last row].
     """
-    n_heads = _check_positive_int("n_heads", n_heads)
+    n_heads = as_count("n_heads", n_heads)
     g_count = _check_group_count(n_heads, n_kv_heads)
-    tq = _check_positive_int("q_len", q_len)
-    tk = _check_positive_int("kv_len", kv_len)
-    d = _check_positive_int("head_dim", head_dim)
+    tq = as_count("q_len", q_len)
+    tk = as_count("kv_len", kv_len)
+    d = as_count("head_dim", head_dim)
     r_count = n_heads // g_count
     rows = r_count * tq  # rows of one block Q_g
     gap = max(1, rows // 4)
     total = g_count * rows + (g_count - 1) * gap
     if height is None:
         height = max(380, min(1000, 170 + int(11 * total)))
-    height = _check_positive_int("height", height)
+    height = as_count("height", height)
     px_per_row = (height - 170) / total  # roughly: the plot area is the height less the margins
     label_stripes = px_per_row * tq >= 13  # room for one line of text in a stripe
 
