@@ -342,7 +342,10 @@ def test_cache_path_equals_full_forward_float32(G, T, data):
         full = model(idx)
         cache = model.new_cache(2)
         chunks = [model(idx[:, a:b], cache=cache) for a, b in zip(bounds, bounds[1:])]
-    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=1e-5)
+    # float32 rounding differs between the chunked and the full kernels (float64 above is exact); it grows with
+    # the logits, so the absolute tolerance does too (G=4, T=7, cuts {1, 2, 6}, seed 3: 2.4e-5 at |logits| <= 5.6)
+    scale = max(1.0, full.abs().max().item())
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5 * scale, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
