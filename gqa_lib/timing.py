@@ -25,6 +25,7 @@ from .checks import as_count
 __all__ = [
     "Timing",
     "available_memory_bytes",
+    "check_timing_claim",
     "device_name",
     "parse_dtype",
     "pick_device",
@@ -118,6 +119,37 @@ def time_interleaved(fns: dict, rounds: int = 2, min_run_time: float = 0.3, num_
             if key not in best or t.median_s < best[key].median_s:
                 best[key] = t
     return best
+
+
+def check_timing_claim(
+    claim: Callable[[object], bool],
+    readings: object,
+    retime: Callable[[], object],
+    retries: int = 2,
+) -> object:
+    """Check a claim about measured times, re-measuring before calling it false.
+
+    A claim such as "fewer bytes take less time" can fail on a busy machine
+    because another program took the core during one reading, not because it
+    is false. ``claim(readings)`` is tried on the ``readings`` already taken;
+    if it is false, ``retime()`` measures afresh, up to ``retries`` times, and
+    the claim is tried on each new set of readings. Returns the first readings
+    that satisfy it; raises :class:`AssertionError` listing every set of
+    readings if none does (a claim that fails on every fresh measurement is a
+    finding about the machine, not load). ``readings`` may be any object
+    ``claim`` understands (a dict of milliseconds, say).
+    """
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0; got {retries}")
+    tried = [readings]
+    if claim(readings):
+        return readings
+    for _ in range(retries):
+        readings = retime()
+        tried.append(readings)
+        if claim(readings):
+            return readings
+    raise AssertionError(f"the timing claim failed on all {len(tried)} measurements: {tried}")
 
 
 def streaming_read_bandwidth(

@@ -176,3 +176,27 @@ def test_device_name_counts_cpu_threads_in_words():
 
     assert device_name(torch.device("cpu"), 1).endswith(", 1 thread)")
     assert device_name(torch.device("cpu"), 2).endswith(", 2 threads)")
+
+
+def test_check_timing_claim_retimes_only_when_the_claim_fails():
+    from gqa_lib.timing import check_timing_claim
+
+    fresh = iter([{"a": 3.0, "b": 1.0}, {"a": 1.0, "b": 2.0}])
+    calls = []
+
+    def retime():
+        calls.append(1)
+        return next(fresh)
+
+    faster = lambda r: r["a"] < r["b"]  # noqa: E731
+    assert check_timing_claim(faster, {"a": 1.0, "b": 2.0}, retime) == {"a": 1.0, "b": 2.0} and not calls
+    assert check_timing_claim(faster, {"a": 5.0, "b": 2.0}, retime) == {"a": 1.0, "b": 2.0} and len(calls) == 2
+
+
+def test_check_timing_claim_fails_with_every_reading_when_the_claim_never_holds():
+    from gqa_lib.timing import check_timing_claim
+
+    with pytest.raises(AssertionError, match=r"all 3 measurements: \[1, 2, 3\]"):
+        check_timing_claim(lambda r: r > 10, 1, iter([2, 3]).__next__, retries=2)
+    with pytest.raises(ValueError, match="retries must be >= 0; got -1"):
+        check_timing_claim(lambda r: True, 1, lambda: 1, retries=-1)
