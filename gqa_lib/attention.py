@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import as_count
+from .checks import as_count, as_kv_heads
 from .kv_cache import KVCache
 from .rope import apply_rope
 
@@ -221,14 +221,9 @@ def check_head_counts(d_model: int, n_heads: int, n_kv_heads: int) -> tuple[int,
     """
     d_model = as_count("d_model", d_model)
     n_heads = as_count("n_heads", n_heads)
-    n_kv_heads = as_count("n_kv_heads", n_kv_heads)
     if d_model % n_heads != 0:
         raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-    if not 1 <= n_kv_heads <= n_heads:
-        raise ValueError(f"n_kv_heads must be between 1 and n_heads={n_heads}; got {n_kv_heads}")
-    if n_heads % n_kv_heads != 0:
-        raise ValueError(f"n_heads={n_heads} must be divisible by n_kv_heads={n_kv_heads}")
-    return d_model, n_heads, n_kv_heads
+    return d_model, n_heads, as_kv_heads(n_heads, n_kv_heads)
 
 
 def check_layer_input(x: torch.Tensor, d_model: int) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
+from .checks import as_kv_heads, divisors
 from .gpu_plan import transformer_parameters
 from .kv_cache import kv_cache_bytes
 from .model import TransformerConfig, TransformerLM
@@ -61,13 +62,6 @@ def sdpa_on_repeated_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
 
 BENCH_IMPLEMENTATIONS = {**ATTENTION_IMPLEMENTATIONS, "sdpa_repeat_kv": sdpa_on_repeated_kv}
 DEFAULT_ATTENTION_IMPLS = ["grouped", "grouped_matmul", "sdpa", "sdpa_repeat_kv"]
-
-
-def divisors(n: int) -> list[int]:
-    """All G with n % G == 0, ascending: the valid KV-head counts for n query heads."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    return [g for g in range(1, n + 1) if n % g == 0]
 
 
 def bench_attention_decode(
@@ -200,8 +194,7 @@ def bench_causal_prefill(
 
 def _check_groups_and_impls(n_heads: int, groups: list[int], implementations: list[str]) -> None:
     for g in groups:
-        if g < 1 or n_heads % g:
-            raise ValueError(f"each G must divide n_heads={n_heads}; got G={g}")
+        as_kv_heads(n_heads, g, "G")
     for name in implementations:
         if name not in BENCH_IMPLEMENTATIONS:
             raise ValueError(f"unknown implementation {name!r}; choose from {sorted(BENCH_IMPLEMENTATIONS)}")

@@ -33,7 +33,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from .checks import as_count
+from .checks import as_count, divisors
 from .model_configs import REAL_MODELS, RealModel, load_real_model
 from .plots import FORM_HELPERS_JS, run_with_plotly
 
@@ -217,10 +217,6 @@ def choose_n_kv_heads(model: RealModel | str, device: Device, context: int, qual
     return {"choice": choice, "rows": rows}
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def calculator_models() -> list[RealModel]:
     """The shipped models whose cache has KV heads to choose (every one but the MLA model)."""
     return [m for m in REAL_MODELS.values() if m.attention != "MLA"]
@@ -234,7 +230,7 @@ def calculator_data() -> dict:
         per_dtype = {}
         for label, nbytes in CACHE_DTYPES.items():
             rows = []
-            for g in _divisors(m.n_heads):
+            for g in divisors(m.n_heads):
                 full, windowed, _ = kv_bytes_split(m, g, nbytes)
                 rows.append({
                     "G": g, "kvFull": full, "kvWindowed": windowed,

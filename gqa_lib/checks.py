@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import operator
 
-__all__ = ["as_count", "as_positive_float", "as_non_negative_float"]
+__all__ = ["as_count", "as_kv_heads", "as_positive_float", "as_non_negative_float", "divisors"]
 
 
 def as_count(name: str, value, minimum: int = 1) -> int:
@@ -27,6 +27,27 @@ def as_count(name: str, value, minimum: int = 1) -> int:
     if number < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {number}")
     return int(number)
+
+
+def as_kv_heads(n_heads: int, value, name: str = "n_kv_heads") -> int:
+    """``value`` as a number of KV heads G for ``n_heads`` query heads; ValueError naming ``name`` otherwise.
+
+    G must be a true integer between 1 and ``n_heads`` that divides ``n_heads``
+    (each KV head serves a group of ``n_heads / G`` query heads).
+    """
+    n_heads = as_count("n_heads", n_heads)
+    g = as_count(name, value)
+    if g > n_heads:
+        raise ValueError(f"{name}={g} must be between 1 and n_heads={n_heads}")
+    if n_heads % g:
+        raise ValueError(f"n_heads={n_heads} must be divisible by {name}={g} (valid: {divisors(n_heads)})")
+    return g
+
+
+def divisors(n: int) -> list[int]:
+    """Every G with ``n % G == 0``, ascending: the valid KV-head counts for ``n`` query heads."""
+    n = as_count("n", n)
+    return [g for g in range(1, n + 1) if n % g == 0]
 
 
 def _as_real(name: str, value) -> float:

@@ -21,7 +21,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .checks import as_count
+from .checks import as_count, as_kv_heads, divisors
 from .kv_cache import kv_cache_bytes
 from .presets import ModelPreset
 
@@ -37,19 +37,6 @@ __all__ = [
 GIB = 2**30  # bytes in one GiB
 
 _MAPPINGS = ("contiguous", "strided")
-
-
-def _check_group_count(n_heads: int, n_kv_heads) -> int:
-    """n_kv_heads as an int, or ValueError naming it if it does not divide n_heads."""
-    if isinstance(n_kv_heads, bool) or int(n_kv_heads) != n_kv_heads or not 1 <= n_kv_heads <= n_heads:
-        raise ValueError(f"each G must be an integer between 1 and n_heads={n_heads}; got G={n_kv_heads!r}")
-    if n_heads % n_kv_heads:
-        raise ValueError(f"each G must divide n_heads={n_heads}; got G={n_kv_heads}")
-    return int(n_kv_heads)
-
-
-def _divisors(n: int) -> list[int]:
-    return [g for g in range(1, n + 1) if n % g == 0]
 
 
 def _kind(n_heads: int, n_kv_heads: int) -> str:
@@ -75,7 +62,7 @@ def kv_head_for_query_head(h: int, n_heads: int, n_kv_heads: int, mapping: str =
     grouping some public conversion code pools by (heads g, g+G, g+2G, ...).
     """
     n_heads = as_count("n_heads", n_heads)
-    g = _check_group_count(n_heads, n_kv_heads)
+    g = as_kv_heads(n_heads, n_kv_heads, "G")
     if not 0 <= h < n_heads:
         raise ValueError(f"query head h must be in [0, {n_heads}); got {h}")
     if mapping == "contiguous":
@@ -138,7 +125,7 @@ def head_grouping_figure(
     counts = list(kv_head_counts)
     if not counts:
         raise ValueError("kv_head_counts must name at least one G")
-    counts = [_check_group_count(n_heads, g) for g in counts]
+    counts = [as_kv_heads(n_heads, g, "G") for g in counts]
     height = as_count("height", height)
 
     panel_titles = [f"{_kind(n_heads, g)} (G={g})" for g in counts]
@@ -336,11 +323,11 @@ def kv_cache_slider_figure(
     if any(b < a for a, b in zip(xs, xs[1:])):
         raise ValueError("seq_lens must be in non-decreasing order")
 
-    groups = _divisors(n_heads)
+    groups = divisors(n_heads)
     if active_g is None:
         preset_g = shape.get("n_kv_heads")
         active_g = preset_g if preset_g in groups else n_heads
-    active_g = _check_group_count(n_heads, active_g)
+    active_g = as_kv_heads(n_heads, active_g, "G")
 
     def gib(g: int) -> list[float]:
         return [
@@ -455,7 +442,7 @@ def grouped_product_figure(
     of each head's stripe, with ``customdata`` = [h, g, r, first row, last row].
     """
     n_heads = as_count("n_heads", n_heads)
-    g_count = _check_group_count(n_heads, n_kv_heads)
+    g_count = as_kv_heads(n_heads, n_kv_heads, "G")
     tq = as_count("q_len", q_len)
     tk = as_count("kv_len", kv_len)
     d = as_count("head_dim", head_dim)

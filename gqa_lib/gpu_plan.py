@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 
-from .checks import as_count
+from .checks import as_count, as_kv_heads, divisors
 
 __all__ = [
     "CH5_IMPLEMENTATIONS",
@@ -158,22 +158,15 @@ def element_bytes(dtype: str) -> int:
     return _ELEMENT_BYTES[dtype]
 
 
-def _divisors(n: int) -> list[int]:
-    return [g for g in range(1, n + 1) if n % g == 0]
-
-
 def _groups(n_heads: int, groups) -> list[int]:
     """``groups`` (default: every divisor of ``n_heads``) as a checked list; ValueError naming a bad G."""
     if groups is None:
-        return _divisors(n_heads)
+        return divisors(n_heads)
     if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
         raise ValueError(f"groups must be a list of G values; got {groups!r}")
-    checked = [as_count("G", g) for g in groups]
+    checked = [as_kv_heads(n_heads, g, "G") for g in groups]
     if not checked:
         raise ValueError("groups must name at least one G; got an empty list")
-    for g in checked:
-        if n_heads % g:
-            raise ValueError(f"each G must divide n_heads={n_heads}; got G={g}")
     return checked
 
 
@@ -257,12 +250,11 @@ def attention_call_bytes(
     """
     if impl not in _KNOWN_IMPLS:
         raise ValueError(f"unknown implementation {impl!r}; choose from {list(_KNOWN_IMPLS)}")
-    B, H, G = as_count("batch_size", batch_size), as_count("n_heads", n_heads), as_count("n_kv_heads", n_kv_heads)
+    B, H = as_count("batch_size", batch_size), as_count("n_heads", n_heads)
+    G = as_kv_heads(H, n_kv_heads)
     Tk, D, e = as_count("context", context), as_count("head_dim", head_dim), as_count("elem_bytes", elem_bytes)
     math_sdpa = _flag("math_sdpa", math_sdpa)
     workspace = as_count("workspace_bytes", workspace_bytes, minimum=0)
-    if H % G:
-        raise ValueError(f"n_kv_heads={G} must divide n_heads={H}")
     total = B * H * D * e + 4 * B * H * D * _MATH_BYTES + SCORE_BYTES * B * H * Tk + workspace
     repeated = 2 * B * H * Tk * D * e if G < H else 0
     if impl == "grouped" and math_sdpa:
@@ -294,7 +286,8 @@ def attention_parts(
     ``q`` and ``k_v`` are exactly the ``nbytes`` of the tensors the benchmark
     builds in a dtype of ``elem_bytes`` bytes; ``call`` is an upper bound.
     """
-    B, H, G = as_count("batch_size", batch_size), as_count("n_heads", n_heads), as_count("n_kv_heads", n_kv_heads)
+    B, H = as_count("batch_size", batch_size), as_count("n_heads", n_heads)
+    G = as_kv_heads(H, n_kv_heads)
     D, Tk, e = as_count("head_dim", head_dim), as_count("context", context), as_count("elem_bytes", elem_bytes)
     spare = as_count("spare_positions", spare_positions, minimum=0)
     impls = _impls(implementations)

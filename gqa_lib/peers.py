@@ -61,6 +61,7 @@ import inspect
 import torch
 
 from . import bench
+from .checks import as_kv_heads
 from .attention import GroupedQueryAttention
 from .kv_cache import KVCache
 from .model import TransformerConfig, TransformerLM
@@ -312,8 +313,7 @@ def bench_peers_decode(
 def _check_peer_sizes(n_heads: int, groups, impls) -> None:
     """ValueError naming the value if a G does not divide n_heads or an implementation is unknown."""
     for g in groups:
-        if g not in bench.divisors(n_heads):
-            raise ValueError(f"each G must divide the number of heads H={n_heads}; got G={g}")
+        as_kv_heads(n_heads, g, "G")
     for impl in impls:
         if impl != "gqa_lib" and impl not in HF_IMPLS:
             raise ValueError(f"unknown implementation {impl!r}; choose from {['gqa_lib', *HF_IMPLS]}")

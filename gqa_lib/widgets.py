@@ -34,7 +34,7 @@ import torch
 
 from .attention import grouped_attention
 from .bench import divisors, sweep_attention_decode
-from .checks import as_count
+from .checks import as_count, as_kv_heads
 from .gpu_plan import explorer_memory_parts
 from .kv_cache import kv_cache_bytes
 from .plots import FORM_HELPERS_JS, run_with_plotly, show
@@ -194,10 +194,10 @@ def measure_decode_per_group(
             raise ValueError(f"groups must be a list of G values; got {groups!r}") from None
         if not groups:
             raise ValueError("groups must name at least one G; got an empty list")
-        groups = [as_count("G", g) for g in groups]
-        for g in groups:
-            if H % g:
-                raise ValueError(f"G={g} does not divide {preset.name}'s n_heads H={H}; valid G: {divisors(H)}")
+        try:
+            groups = [as_kv_heads(H, g, "G") for g in groups]
+        except ValueError as error:
+            raise ValueError(f"{preset.name}: {error}") from None
 
     needed = _memory_needed(preset, batch_size, context, _element_size(torch_dtype), spare_positions)
     free = available_memory_bytes(device)
@@ -288,11 +288,10 @@ class DecodeExplorer:
             name = p.name
         # G follows the model: kept while the model stays, reset to the model's own when it changes
         g = changes.get("G", self.G if name == self.preset else None)
-        g = p.n_kv_heads if g is None else as_count("G", g)
-        if p.n_heads % g:
-            raise ValueError(
-                f"G must divide {p.name}'s n_heads H={p.n_heads}; got G={g} (valid: {divisors(p.n_heads)})"
-            )
+        try:
+            g = p.n_kv_heads if g is None else as_kv_heads(p.n_heads, g, "G")
+        except ValueError as error:
+            raise ValueError(f"{p.name}: {error}") from None
         context = as_count("context", changes.get("context", self.context))
         if context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}; got {context}")

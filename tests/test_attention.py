@@ -142,7 +142,7 @@ def test_causal_with_more_queries_than_keys_raises():
     [
         (64, 8, 3, "n_heads=8 must be divisible by n_kv_heads=3"),
         (64, 8, 0, "n_kv_heads must be an integer >= 1; got 0"),
-        (64, 8, 16, "between 1 and n_heads=8; got 16"),
+        (64, 8, 16, "n_kv_heads=16 must be between 1 and n_heads=8"),
         (66, 8, 2, "d_model=66 must be divisible by n_heads=8"),
     ],
 )

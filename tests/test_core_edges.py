@@ -445,3 +445,29 @@ def test_generate_prefill_computes_logits_for_the_last_position_only():
         hook.remove()
     assert out.shape == (2, 12)
     assert shapes == [(2, 1, 16)] * 3  # prefill + 2 decode steps, each one position wide
+
+
+@pytest.mark.parametrize(
+    "n_heads,value,match",
+    [
+        (8, 3, r"n_heads=8 must be divisible by G=3 \(valid: \[1, 2, 4, 8\]\)"),
+        (8, 16, "G=16 must be between 1 and n_heads=8"),
+        (8, 0, "G must be an integer >= 1; got 0"),
+        (8, 2.0, "G must be an integer >= 1; got 2.0"),
+        (8, True, "G must be an integer >= 1; got the bool True"),
+    ],
+)
+def test_kv_head_counts_are_checked_in_one_place(n_heads, value, match):
+    from gqa_lib.checks import as_kv_heads
+
+    with pytest.raises(ValueError, match=match):
+        as_kv_heads(n_heads, value, "G")
+
+
+def test_valid_kv_head_counts_are_the_divisors():
+    from gqa_lib.checks import as_kv_heads, divisors
+
+    assert divisors(12) == [1, 2, 3, 4, 6, 12] and divisors(1) == [1]
+    assert [as_kv_heads(12, g) for g in divisors(12)] == divisors(12)
+    with pytest.raises(ValueError, match="n must be an integer >= 1; got 0"):
+        divisors(0)

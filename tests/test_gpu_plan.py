@@ -227,7 +227,7 @@ def test_numpy_integers_are_accepted():
 
 
 def test_bad_sizes_and_names_raise():
-    with pytest.raises(ValueError, match="each G must divide n_heads=32; got G=3"):
+    with pytest.raises(ValueError, match=r"n_heads=32 must be divisible by G=3 \(valid: \[1, 2, 4, 8, 16, 32\]\)"):
         attention_peak_bytes(1, 32, 128, 64, 2, [3])
     with pytest.raises(ValueError, match="unknown implementation 'flash'"):
         attention_peak_bytes(1, 32, 128, 64, 2, None, ["flash"])
@@ -262,11 +262,6 @@ def test_device_plans_refuses_a_cpu():
 
 
 # ----------------------------------------------------------------------------- formulas against real tensors
-
-
-def test_divisors_match_bench():
-    for n in (1, 8, 12, 32, 64):
-        assert gpu_plan._divisors(n) == bench.divisors(n)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])

@@ -241,7 +241,7 @@ def test_explorer_G_must_divide_H_and_numpy_integers_are_sizes(monkeypatch):
     monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
     ex = DecodeExplorer(preset="Mistral 7B")
     for g in (3, 64):
-        with pytest.raises(ValueError, match=rf"H=32.*G={g}"):
+        with pytest.raises(ValueError, match=rf"Mistral 7B: (G={g}.*n_heads=32|n_heads=32.*G={g})"):
             ex.set(G=g)
     assert ex.G == 8
     ex.set(G=np.int64(16), context=np.int32(512), batch_size=np.int64(4))
@@ -271,7 +271,7 @@ def test_explorer_accepts_a_torch_dtype_and_a_preset_object(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(groups=[64]), r"G=64.*H=32"), (dict(groups=[3]), r"G=3.*H=32"), (dict(groups=[True]), "G.*bool"),
+    (dict(groups=[64]), r"G=64.*n_heads=32"), (dict(groups=[3]), r"n_heads=32.*G=3"), (dict(groups=[True]), "G.*bool"),
     (dict(groups=[2.0]), r"G.*2\.0"), (dict(groups=[0]), r"G.*0"), (dict(groups=[]), "groups"),
     (dict(groups=8), "groups.*8"),
     (dict(preset="GPT-9"), "GPT-9"), (dict(preset=42), "42"), (dict(dtype="int8"), "int8"),
