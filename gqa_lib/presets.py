@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .kv_cache import kv_cache_bytes
+from .core.kv_cache import kv_cache_bytes
 from .model_configs import REAL_MODELS, RealModel
 
 __all__ = ["ModelPreset", "PRESETS", "get_preset"]

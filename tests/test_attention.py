@@ -106,7 +106,7 @@ def test_grouped_attention_half_precision_close_to_fp32():
 def test_decode_does_not_copy_kv(monkeypatch):
     """The fast path must not call repeat_kv / repeat_interleave / expand+copy on K or V."""
     calls = []
-    monkeypatch.setattr(gqa_lib.attention, "repeat_kv", lambda *a: calls.append(a))
+    monkeypatch.setattr(gqa_lib.core.attention, "repeat_kv", lambda *a: calls.append(a))
     real_ri = torch.Tensor.repeat_interleave
     monkeypatch.setattr(torch.Tensor, "repeat_interleave", lambda *a, **kw: calls.append(a) or real_ri(*a, **kw))
     q, k, v = random_qkv(2, 8, 2, 1, 10, 4)

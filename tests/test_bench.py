@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from gqa_lib import bench
+from gqa_lib.speed import bench
 
 
 def test_divisors():
@@ -43,7 +43,7 @@ def test_cli_writes_json(tmp_path, capsys):
 
 
 def test_time_interleaved_keeps_best_median_per_key():
-    from gqa_lib.timing import time_interleaved
+    from gqa_lib.speed.timing import time_interleaved
 
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
@@ -146,7 +146,7 @@ def test_the_shipped_reference_folder_is_the_package_data_folder():
     from pathlib import Path
 
     folder = bench.reference_folder()
-    assert Path(str(folder)) == Path(bench.__file__).resolve().parent / "data" / "benchmarks"
+    assert Path(str(folder)) == Path(bench.__file__).resolve().parents[1] / "data" / "benchmarks"
     assert folder.is_dir() and (Path(str(folder)) / "README.md").exists()
     assert isinstance(bench.reference_results(), list)  # whatever is committed parses as results
 
@@ -172,14 +172,14 @@ def test_one_group_at_a_time_when_everything_does_not_fit(monkeypatch):
 
 
 def test_device_name_counts_cpu_threads_in_words():
-    from gqa_lib.timing import device_name
+    from gqa_lib.speed.timing import device_name
 
     assert device_name(torch.device("cpu"), 1).endswith(", 1 thread)")
     assert device_name(torch.device("cpu"), 2).endswith(", 2 threads)")
 
 
 def test_check_timing_claim_retimes_only_when_the_claim_fails():
-    from gqa_lib.timing import check_timing_claim
+    from gqa_lib.speed.timing import check_timing_claim
 
     fresh = iter([{"a": 3.0, "b": 1.0}, {"a": 1.0, "b": 2.0}])
     calls = []
@@ -194,7 +194,7 @@ def test_check_timing_claim_retimes_only_when_the_claim_fails():
 
 
 def test_check_timing_claim_fails_with_every_reading_when_the_claim_never_holds():
-    from gqa_lib.timing import check_timing_claim
+    from gqa_lib.speed.timing import check_timing_claim
 
     with pytest.raises(AssertionError, match=r"all 3 measurements: \[1, 2, 3\]"):
         check_timing_claim(lambda r: r > 10, 1, iter([2, 3]).__next__, retries=2)

@@ -1,4 +1,4 @@
-"""The serving-capacity arithmetic of chapter 9 (gqa_lib.capacity), held to hand computations."""
+"""The serving-capacity arithmetic of chapter 9 (gqa_lib.speed.capacity), held to hand computations."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 import gqa_lib
-from gqa_lib import capacity
+from gqa_lib.speed import capacity
 from gqa_lib.model_configs import REAL_MODELS, load_real_model
 
 GiB = 2**30

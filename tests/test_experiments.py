@@ -1,4 +1,4 @@
-"""The experiment runner (gqa_lib.experiments) and its figures (gqa_lib.quality_figures), on a tiny setup.
+"""The experiment runner (gqa_lib.recipe.experiments) and its figures (gqa_lib.viz.quality_figures), on a tiny setup.
 
 The tiny setup runs every kind of job (pre-training, uptraining with both
 groupings, from-scratch baselines) in seconds. The committed results in
@@ -16,10 +16,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from gqa_lib import experiments, quality_figures
-from gqa_lib.convert import convert_to_gqa
-from gqa_lib.corpus import CorpusConfig
-from gqa_lib.experiments import (
+from gqa_lib.recipe import experiments
+from gqa_lib.viz import quality_figures
+from gqa_lib.recipe.convert import convert_to_gqa
+from gqa_lib.recipe.corpus import CorpusConfig
+from gqa_lib.recipe.experiments import (
     DATA_DIR,
     SETUP,
     ExperimentSetup,
@@ -45,8 +46,8 @@ from gqa_lib.experiments import (
     train_from_scratch,
     work_through,
 )
-from gqa_lib.model import TransformerConfig, TransformerLM
-from gqa_lib.train import TrainRecipe, TrainResult, evaluate
+from gqa_lib.core.model import TransformerConfig, TransformerLM
+from gqa_lib.recipe.train import TrainRecipe, TrainResult, evaluate
 
 CORPUS = CorpusConfig(seq_len=16, n_keys=4, n_values=2, n_pairs=3, min_pairs=1, n_words=8, successors=2,
                       n_train=64, n_heldout=16)
@@ -890,7 +891,7 @@ def test_results_ship_as_package_data_so_pip_install_brings_them():
 
 
 def test_benchmark_results_ship_as_package_data_too():
-    """gqa_lib/data/benchmarks/*.json (committed GPU results, gqa_lib.bench.reference_results) ship with pip install."""
+    """gqa_lib/data/benchmarks/*.json (committed GPU results, gqa_lib.speed.bench.reference_results) ship with pip install."""
     import fnmatch
     import tomllib
     from pathlib import Path
@@ -903,7 +904,7 @@ def test_benchmark_results_ship_as_package_data_too():
     assert "*.json" in globs
     folder = root / "gqa_lib" / "data" / "benchmarks"
     assert (folder / "README.md").exists()  # says how files get there
-    assert "python -m gqa_lib.bench sweep --device cuda --json gqa_lib/data/benchmarks/" in (folder / "README.md").read_text()
+    assert "python -m gqa_lib.speed.bench sweep --device cuda --json gqa_lib/data/benchmarks/" in (folder / "README.md").read_text()
     results = [p.name for p in folder.iterdir() if p.name != "README.md"]
     assert all(any(fnmatch.fnmatch(name, g) for g in globs) for name in results), results  # every result ships
 

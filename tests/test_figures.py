@@ -1,4 +1,4 @@
-"""gqa_lib.figures: the figures' data say what the book says they draw."""
+"""gqa_lib.viz.figures: the figures' data say what the book says they draw."""
 
 import json
 import subprocess
@@ -8,9 +8,9 @@ import plotly.graph_objects as go
 import pytest
 
 import gqa_lib
-import gqa_lib.plots
-from gqa_lib import figures
-from gqa_lib.bench import divisors
+import gqa_lib.viz.plots
+from gqa_lib.viz import figures
+from gqa_lib.speed.bench import divisors
 
 
 def traces(fig, panel, role):
@@ -175,7 +175,7 @@ def test_slider_survives_the_trip_to_a_static_page():
     """What plotly.js receives (the JSON in the page) still holds every step and its y values."""
     p = gqa_lib.get_preset("Llama 2 70B")
     fig = figures.kv_cache_slider_figure(p, SEQ)
-    html = gqa_lib.plots.figure_html(fig, div_id="x")
+    html = gqa_lib.viz.plots.figure_html(fig, div_id="x")
     payload = json.loads(html.split("var fig = ", 1)[1].split(";\n", 1)[0])
     steps = payload["layout"]["sliders"][0]["steps"]
     assert payload["frames"] == []
@@ -184,7 +184,7 @@ def test_slider_survives_the_trip_to_a_static_page():
 
 
 def test_importing_figures_does_not_import_ipython():
-    code = "import sys, gqa_lib, gqa_lib.figures; print('IPython' in sys.modules)"
+    code = "import sys, gqa_lib, gqa_lib.viz.figures; print('IPython' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

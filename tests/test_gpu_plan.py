@@ -1,4 +1,4 @@
-"""gqa_lib.gpu_plan: every chapter's GPU sizes from free memory (simulated devices; formulas against CPU tensors)."""
+"""gqa_lib.speed.gpu_plan: every chapter's GPU sizes from free memory (simulated devices; formulas against CPU tensors)."""
 
 import inspect
 from dataclasses import asdict
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gqa_lib import bench, gpu_plan
-from gqa_lib.gpu_plan import (
+from gqa_lib.speed import bench, gpu_plan
+from gqa_lib.speed.gpu_plan import (
     GPU_BUDGET_FRACTION,
     GiB,
     attention_parts,
@@ -22,7 +22,7 @@ from gqa_lib.gpu_plan import (
     model_peak_bytes,
     model_plan,
 )
-from gqa_lib.model import TransformerConfig, TransformerLM
+from gqa_lib.core.model import TransformerConfig, TransformerLM
 
 CPU_WORKSPACE = 256 * 2**10  # a CPU fp16/bf16 GEMM's packing buffer (about 100 KiB seen), not the 32 MiB of cuBLAS
 CUDA_CONTEXT = 500_000_000  # bytes the CUDA context and PyTorch take before free memory is read
@@ -338,7 +338,7 @@ def test_model_parts_equal_decode_step_model(dtype, impl):
 
 def test_explorer_formula_is_the_widgets_guard():
     from gqa_lib.presets import PRESETS
-    from gqa_lib.widgets import _memory_needed
+    from gqa_lib.viz.widgets import _memory_needed
 
     preset = PRESETS["Llama 2 7B"]
     for batch, context, elem in [(1, 8192, 4), (1, 8192, 2), (4, 256, 2), (64, 32768, 4)]:
@@ -349,9 +349,9 @@ def test_training_bounds_hold_on_cpu():
     """Chapters 6-7 train and evaluate the toy model on the CPU: their stated peaks bound a measured step."""
     import torch.nn.functional as F
 
-    from gqa_lib.convert import convert_to_gqa
-    from gqa_lib.experiments import SETUP
-    from gqa_lib.train import evaluate
+    from gqa_lib.recipe.convert import convert_to_gqa
+    from gqa_lib.recipe.experiments import SETUP
+    from gqa_lib.recipe.train import evaluate
 
     corpus = SETUP.make_corpus()
     model = convert_to_gqa(TransformerLM(SETUP.model), 1, "mean")
@@ -372,14 +372,14 @@ def test_training_bounds_hold_on_cpu():
 
 
 def test_constants_mirror_the_library_and_chapters():
-    from gqa_lib.experiments import SETUP
-    from gqa_lib.timing import streaming_read_bandwidth
-    from gqa_lib.widgets import CONTEXTS, SPARE_POSITIONS
+    from gqa_lib.recipe.experiments import SETUP
+    from gqa_lib.speed.timing import streaming_read_bandwidth
+    from gqa_lib.viz.widgets import CONTEXTS, SPARE_POSITIONS
 
     model = asdict(SETUP.model)
     assert {k: model[k] for k in gpu_plan.TOY_MODEL} == gpu_plan.TOY_MODEL
     assert SETUP.recipe.batch_size == gpu_plan.TOY_TRAIN_BATCH and len(SETUP.seeds) == gpu_plan.TOY_SEEDS
-    assert inspect.signature(__import__("gqa_lib.train", fromlist=["evaluate"]).evaluate).parameters[
+    assert inspect.signature(__import__("gqa_lib.recipe.train", fromlist=["evaluate"]).evaluate).parameters[
         "batch_size"].default == gpu_plan.TOY_EVAL_BATCH
     assert gpu_plan.CH8_MODEL["n_heads"] == SETUP.model.n_heads and gpu_plan.CH8_MODEL["groups"] == SETUP.groups
     assert {k: gpu_plan.CH8_MODEL[k] for k in ("d_model", "n_layers", "d_ff", "vocab_size")} == {

@@ -1,4 +1,4 @@
-"""Head measurements (gqa_lib.head_similarity), head reordering and similarity grouping (gqa_lib.convert).
+"""Head measurements (gqa_lib.recipe.head_similarity), head reordering and similarity grouping (gqa_lib.recipe.convert).
 
 Every measurement is checked against a float64 reference written here from
 its formula, and against the cases where its value is known exactly
@@ -17,9 +17,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gqa_lib.attention import GroupedQueryAttention
-from gqa_lib.convert import convert_to_gqa, permute_heads
-from gqa_lib.head_similarity import (
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.recipe.convert import convert_to_gqa, permute_heads
+from gqa_lib.recipe.head_similarity import (
     attention_maps,
     cosine_matrix,
     head_projections,
@@ -30,8 +30,8 @@ from gqa_lib.head_similarity import (
     similar_head_order,
     weight_cosine_matrix,
 )
-from gqa_lib.model import TransformerConfig, TransformerLM
-from gqa_lib.rope import apply_rope, rope_cos_sin
+from gqa_lib.core.model import TransformerConfig, TransformerLM
+from gqa_lib.core.rope import apply_rope, rope_cos_sin
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -302,7 +302,7 @@ def test_similar_head_order_finds_planted_groups():
 
 @pytest.mark.parametrize("G", [8, 4])
 def test_similar_head_order_is_greedy_for_many_heads_and_returns_a_permutation(G, monkeypatch):
-    from gqa_lib import head_similarity
+    from gqa_lib.recipe import head_similarity
 
     def no_exhaustive_search(*args):
         raise AssertionError("the exhaustive search was used")

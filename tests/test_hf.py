@@ -1,4 +1,4 @@
-"""gqa_lib.hf: Hugging Face Llama checkpoints in and out, held equal to transformers itself (no download)."""
+"""gqa_lib.recipe.hf: Hugging Face Llama checkpoints in and out, held equal to transformers itself (no download)."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gqa_lib import TransformerConfig, TransformerLM
-from gqa_lib import hf
+from gqa_lib.recipe import hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -171,7 +171,7 @@ def test_convert_checkpoint_refuses_bad_input_and_writes_nothing(tmp_path, capsy
 
 @pytest.mark.parametrize("method", ["mean", "first"])
 def test_similar_grouping_in_the_cli_equals_convert_to_gqa_in_memory(tmp_path, method, capsys):
-    from gqa_lib.convert import convert_to_gqa
+    from gqa_lib.recipe.convert import convert_to_gqa
 
     tiny_llama(8, 8, tie=False, seed=4).save_pretrained(tmp_path / "src", max_shard_size="30KB")
     calibration = torch.randint(0, 61, (6, 12), generator=torch.Generator().manual_seed(5))

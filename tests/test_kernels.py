@@ -1,9 +1,9 @@
-"""gqa_lib.kernels: the profiler's view of attention calls (operators, copies), never timings."""
+"""gqa_lib.speed.kernels: the profiler's view of attention calls (operators, copies), never timings."""
 
 import torch
 
 import gqa_lib
-from gqa_lib.kernels import attention_kernels, copies_kv, profile_operators
+from gqa_lib.speed.kernels import attention_kernels, copies_kv, profile_operators
 
 
 def _inputs(G=2):

@@ -1,4 +1,4 @@
-"""The miniature Llama (gqa_lib.model, gqa_lib.rope) against Hugging Face's LlamaForCausalLM and first principles.
+"""The miniature Llama (gqa_lib.core.model, gqa_lib.core.rope) against Hugging Face's LlamaForCausalLM and first principles.
 
 * the whole model computes exactly what ``transformers``' ``LlamaForCausalLM``
   computes from the same state dict (same parameter names, strict loading);
@@ -19,8 +19,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gqa_lib.model import RMSNorm, TransformerConfig, TransformerLM
-from gqa_lib.rope import apply_rope, rope_cos_sin, rope_inverse_frequencies, rotate_half
+from gqa_lib.core.model import RMSNorm, TransformerConfig, TransformerLM
+from gqa_lib.core.rope import apply_rope, rope_cos_sin, rope_inverse_frequencies, rotate_half
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

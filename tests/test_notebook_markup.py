@@ -122,13 +122,13 @@ def test_checker_passes_a_notebook_written_the_one_way(tmp_path):
 
 
 def test_checker_fails_on_a_literalinclude_and_names_the_cell(tmp_path):
-    path = _notebook(tmp_path, CLEAN[0], "```{literalinclude} ../gqa_lib/attention.py\n:pyobject: grouped_attention\n```")
+    path = _notebook(tmp_path, CLEAN[0], "```{literalinclude} ../gqa_lib/core/attention.py\n:pyobject: grouped_attention\n```")
     problems = notebook_markup_problems(path)
     assert len(problems) == 1 and "synthetic.ipynb cell 2" in problems[0] and "{literalinclude}" in problems[0]
 
 
 @pytest.mark.parametrize("markdown,token", [
-    ("```{literalinclude} ../gqa_lib/kv_cache.py\n```", "{literalinclude}"),
+    ("```{literalinclude} ../gqa_lib/core/kv_cache.py\n```", "{literalinclude}"),
     (":::{note}\nA note.\n:::", ":::{"),
     ("::::{admonition} Title\n:::{tip}\nx\n:::\n::::", "::::{"),
     ("As shown by {cite}`ainslie2023`.", "{cite"),

@@ -1,4 +1,4 @@
-"""gqa_lib against Hugging Face transformers (gqa_lib/peers.py): same function, generate()'s calls, the CLI.
+"""gqa_lib against Hugging Face transformers (gqa_lib/speed/peers.py): same function, generate()'s calls, the CLI.
 
 Tiny sizes only: structure and arithmetic, never speed.
 """
@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from gqa_lib import bench, peers
-from gqa_lib.attention import GroupedQueryAttention
+from gqa_lib.speed import bench, peers
+from gqa_lib.core.attention import GroupedQueryAttention
 
 B, H, D, TK, NEW = 2, 4, 8, 10, 4  # batch, query heads, head dim, cached positions, room for new tokens
 

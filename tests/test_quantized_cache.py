@@ -1,4 +1,4 @@
-"""The quantized KV cache (gqa_lib.quantized_cache): bytes, the round-trip bound, decoding, evaluation.
+"""The quantized KV cache (gqa_lib.core.quantized_cache): bytes, the round-trip bound, decoding, evaluation.
 
 The decoding tests hold QuantizedKVCache to an independent reference written
 here: a plain KVCache whose keys and values are replaced by their
@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import KVCache, TransformerConfig, TransformerLM, kv_cache_bytes
-from gqa_lib.corpus import CorpusConfig, make_corpus
-from gqa_lib.quantized_cache import (
+from gqa_lib.recipe.corpus import CorpusConfig, make_corpus
+from gqa_lib.core.quantized_cache import (
     QuantizedKVCache,
     dequantize_kv,
     evaluate_with_cache,
@@ -29,7 +29,7 @@ from gqa_lib.quantized_cache import (
     quantized_kv_cache_bytes,
     unpack_int4,
 )
-from gqa_lib.train import evaluate
+from gqa_lib.recipe.train import evaluate
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 QMAX = {8: 127, 4: 7}
@@ -431,7 +431,7 @@ def test_int8_quality_reports_both_caches(small_corpus):
 
 
 def test_shipped_checkpoint_loses_almost_nothing_at_int8():
-    from gqa_lib.experiments import DATA_DIR, SETUP, checkpoint_name, load_checkpoint
+    from gqa_lib.recipe.experiments import DATA_DIR, SETUP, checkpoint_name, load_checkpoint
 
     path = DATA_DIR / checkpoint_name(0)
     if not path.exists():

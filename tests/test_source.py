@@ -9,7 +9,7 @@ from gqa_lib.source import show_source
 def test_listing_is_the_real_source_of_a_function_and_of_a_method():
     listing = show_source(gqa_lib.grouped_attention)
     assert str(listing).startswith("def grouped_attention(")
-    assert listing.filename == "gqa_lib/attention.py"
+    assert listing.filename == "gqa_lib/core/attention.py"
     method = show_source(gqa_lib.TransformerLM.generate)
     assert str(method).lstrip().startswith("@torch.no_grad()") or str(method).startswith("def generate(")
     assert not str(method).startswith(" ")  # dedented

@@ -1,4 +1,4 @@
-"""gqa_lib.tensor_parallel: sharded attention over 2 gloo processes equals the single-process layer.
+"""gqa_lib.speed.tensor_parallel: sharded attention over 2 gloo processes equals the single-process layer.
 
 The process tests spawn 2 ranks a few times (each start imports torch, a few
 seconds); one run checks every (H, G, dtype) case, the listening sockets, and
@@ -16,10 +16,10 @@ import time
 import pytest
 import torch
 
-from gqa_lib.attention import GroupedQueryAttention
-from gqa_lib.kv_cache import KVCache
-from gqa_lib.rope import rope_cos_sin
-from gqa_lib.tensor_parallel import (
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.core.rope import rope_cos_sin
+from gqa_lib.speed.tensor_parallel import (
     TensorParallelAttention,
     run_tensor_parallel,
     shard_attention,

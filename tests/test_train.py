@@ -1,4 +1,4 @@
-"""Pre-training, uptraining, evaluation and checkpoints (gqa_lib.train, gqa_lib.experiments)."""
+"""Pre-training, uptraining, evaluation and checkpoints (gqa_lib.recipe.train, gqa_lib.recipe.experiments)."""
 
 import math
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from gqa_lib import TransformerConfig, TransformerLM
-from gqa_lib.convert import convert_to_gqa
-from gqa_lib.corpus import CorpusConfig, make_corpus
-from gqa_lib.experiments import load_checkpoint, save_checkpoint
-from gqa_lib.train import TrainRecipe, alpha_to_steps, evaluate, lr_at, pretrain, train, uptrain
+from gqa_lib.recipe.convert import convert_to_gqa
+from gqa_lib.recipe.corpus import CorpusConfig, make_corpus
+from gqa_lib.recipe.experiments import load_checkpoint, save_checkpoint
+from gqa_lib.recipe.train import TrainRecipe, alpha_to_steps, evaluate, lr_at, pretrain, train, uptrain
 
 CORPUS = make_corpus(0, CorpusConfig(seq_len=24, n_keys=8, n_values=8, n_pairs=4, n_words=10, n_train=256, n_heldout=32))
 MODEL = TransformerConfig(vocab_size=CORPUS.vocab_size, max_seq_len=24, d_model=16, n_layers=1, n_heads=4, n_kv_heads=4, d_ff=32)

@@ -11,10 +11,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from gqa_lib import PRESETS, bench, kv_cache_bytes
-from gqa_lib.kv_cache import KVCache
-from gqa_lib.speed_figures import kv_by_group_figure, relative_speed_figure, time_by_group_figure
-from gqa_lib.widgets import (
+from gqa_lib import PRESETS, kv_cache_bytes
+from gqa_lib.speed import bench
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.viz.speed_figures import kv_by_group_figure, relative_speed_figure, time_by_group_figure
+from gqa_lib.viz.widgets import (
     EXPLORER_MODELS,
     DecodeExplorer,
     PrecomputedExplorer,
@@ -35,7 +36,7 @@ TINY = dataclasses.replace(SMALL, name="tiny", head_dim=8)
 def _shown_explorer(monkeypatch):
     """(calls, explorer): a Llama 2 7B explorer at G=8, context 1024, its panel built, measuring with a fake."""
     calls = []
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure(calls))
     ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
     ex.widget()
     return calls, ex
@@ -128,7 +129,7 @@ def test_measure_decode_per_group_covers_divisors_and_refuses_huge_sizes():
 
 def test_explorer_sliders_drive_the_state(monkeypatch):
     calls = []
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure(calls))
     ex = DecodeExplorer(preset="Llama 2 7B", G=8, context=1024)
     assert "G=8 of H=32" in ex.message and "4.00x faster than MHA" in ex.message
     panel = ex.widget()
@@ -160,7 +161,7 @@ def test_explorer_status_says_slower_when_a_G_is_slower(monkeypatch):
     def fake(preset, batch_size, context, dtype, device, num_threads=None, **_):
         return {g: 2.0 if g == 8 else 1.0 for g in bench.divisors(preset.n_heads)}  # G=8 twice MHA's time
 
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", fake)
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", fake)
     ex = DecodeExplorer(preset="Llama 2 7B", G=8)
     assert "2.00x slower than MHA" in ex.message and "2.00x slower than MQA" in ex.message
     assert not re.search(r"\b0\.\d+x faster", ex.message)
@@ -207,7 +208,7 @@ def test_explorer_shows_refusal_in_the_widget_not_an_exception():
     (dict(preset="GPT-9"), "GPT-9"), (dict(dtype="int8"), "int8"), (dict(colour=1), "colour"),
 ])
 def test_explorer_rejects_bad_settings(monkeypatch, bad, match):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure())
     ex = DecodeExplorer()
     with pytest.raises(ValueError, match=match):
         ex.set(**bad)
@@ -224,7 +225,7 @@ def _state(ex):
 ])
 def test_explorer_refuses_non_integer_sizes_and_keeps_the_state(monkeypatch, bad):
     calls = []
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure(calls))
     ex = DecodeExplorer(preset="Mistral 7B", G=4, context=1024, batch_size=2, dtype="bfloat16")
     before, n_calls = _state(ex), len(calls)
     (field, value), = bad.items()
@@ -238,7 +239,7 @@ def test_explorer_refuses_non_integer_sizes_and_keeps_the_state(monkeypatch, bad
 
 
 def test_explorer_G_must_divide_H_and_numpy_integers_are_sizes(monkeypatch):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure())
     ex = DecodeExplorer(preset="Mistral 7B")
     for g in (3, 64):
         with pytest.raises(ValueError, match=rf"Mistral 7B: (G={g}.*n_heads=32|n_heads=32.*G={g})"):
@@ -255,13 +256,13 @@ def test_explorer_G_must_divide_H_and_numpy_integers_are_sizes(monkeypatch):
     (dict(device="tpu"), "tpu"), (dict(device="meta"), "meta"),
 ])
 def test_explorer_constructor_names_bad_values(monkeypatch, bad, match):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure())
     with pytest.raises(ValueError, match=match):
         DecodeExplorer(**bad)
 
 
 def test_explorer_accepts_a_torch_dtype_and_a_preset_object(monkeypatch):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure())
     ex = DecodeExplorer(dtype=torch.bfloat16)
     assert ex.dtype == "bfloat16"  # the name the dtype dropdown shows
     ex.set(preset=PRESETS["Llama 2 70B"])
@@ -289,7 +290,7 @@ def test_measure_names_bad_arguments(kwargs, match):
 
 
 def test_measure_labels_each_G_with_its_own_head_count(monkeypatch):
-    import gqa_lib.widgets as widgets
+    import gqa_lib.viz.widgets as widgets
 
     seen = []
 
@@ -298,14 +299,14 @@ def test_measure_labels_each_G_with_its_own_head_count(monkeypatch):
         return widgets_attention(q, k, v, causal=causal)
 
     widgets_attention = widgets.grouped_attention
-    monkeypatch.setattr("gqa_lib.widgets.grouped_attention", attention)
+    monkeypatch.setattr("gqa_lib.viz.widgets.grouped_attention", attention)
     ms = measure_decode_per_group(TINY, batch_size=1, context=16, groups=[1, 32, 4], repeats=1)
     assert list(ms) == [1, 32, 4] and sorted(set(seen)) == [1, 4, 32]
 
 
 def test_measure_reads_a_strided_slice_of_a_longer_cache(monkeypatch):
     """As in generate(): K/V are the first `context` positions of a cache allocated for 64 more."""
-    import gqa_lib.widgets as widgets
+    import gqa_lib.viz.widgets as widgets
 
     real, seen = widgets.grouped_attention, {}
 
@@ -313,7 +314,7 @@ def test_measure_reads_a_strided_slice_of_a_longer_cache(monkeypatch):
         seen[k.shape[1]] = (tuple(k.shape), k.stride(), k.untyped_storage().nbytes(), k.is_contiguous())
         return real(q, k, v, causal=causal)
 
-    monkeypatch.setattr("gqa_lib.widgets.grouped_attention", attention)
+    monkeypatch.setattr("gqa_lib.viz.widgets.grouped_attention", attention)
     B, H, T, D = 2, TINY.n_heads, 24, TINY.head_dim
     measure_decode_per_group(TINY, batch_size=B, context=T, groups=[1, 8, 32], repeats=1, device="cpu")
     max_len = T + 64
@@ -330,7 +331,7 @@ def test_measure_reads_a_strided_slice_of_a_longer_cache(monkeypatch):
 
 
 def test_measure_times_on_the_readers_threads_and_labels_them(monkeypatch):
-    from gqa_lib.timing import Timing
+    from gqa_lib.speed.timing import Timing
 
     threads = []
 
@@ -339,7 +340,7 @@ def test_measure_times_on_the_readers_threads_and_labels_them(monkeypatch):
         threads.append(num_threads)
         return Timing(median_s=1e-3, iqr_s=0.0, runs=repeats)
 
-    monkeypatch.setattr("gqa_lib.widgets.quick_time", fake_quick_time)
+    monkeypatch.setattr("gqa_lib.viz.widgets.quick_time", fake_quick_time)
     measure_decode_per_group(TINY, batch_size=1, context=16, groups=[1, 32], repeats=1, device="cpu")
     assert threads == [torch.get_num_threads()] * 2  # passed explicitly, never the Timer's default of one
     threads.clear()
@@ -347,11 +348,11 @@ def test_measure_times_on_the_readers_threads_and_labels_them(monkeypatch):
     assert threads == [1]
 
     calls = []
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure(calls))
-    monkeypatch.setattr("gqa_lib.widgets.timing_threads", lambda n=None: 3 if n is None else n)
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure(calls))
+    monkeypatch.setattr("gqa_lib.viz.widgets.timing_threads", lambda n=None: 3 if n is None else n)
     ex = DecodeExplorer(preset="Mistral 7B", device="cpu")
     assert calls[-1][-1] == 3 and "3 threads" in ex.time_figure.layout.title.text
-    monkeypatch.setattr("gqa_lib.widgets.timing_threads", lambda n=None: 5 if n is None else n)
+    monkeypatch.setattr("gqa_lib.viz.widgets.timing_threads", lambda n=None: 5 if n is None else n)
     ex.set(G=4)  # the reader changed torch's thread count: re-timed on 5 threads and labelled so
     assert calls[-1][-1] == 5 and "5 threads" in ex.time_figure.layout.title.text
 
@@ -360,8 +361,8 @@ def test_measure_times_on_the_readers_threads_and_labels_them(monkeypatch):
 @pytest.mark.parametrize("impl", ["grouped_attention", "grouped_matmul_attention"])
 def test_memory_guard_counts_what_is_allocated_at_once(monkeypatch, dtype, impl):
     """K/V are built in the target dtype (no fp32 copy first): the measured peak stays within the guard's estimate."""
-    from gqa_lib import attention
-    from gqa_lib.widgets import _decode_inputs, _memory_needed, _memory_parts
+    from gqa_lib.core import attention
+    from gqa_lib.viz.widgets import _decode_inputs, _memory_needed, _memory_parts
 
     torch_dtype = getattr(torch, dtype)
     elem = torch.tensor([], dtype=torch_dtype).element_size()
@@ -373,7 +374,7 @@ def test_memory_guard_counts_what_is_allocated_at_once(monkeypatch, dtype, impl)
     assert k.nbytes + v.nbytes == parts["k_v"] and q.nbytes <= parts["q"]
     del q, k, v
 
-    monkeypatch.setattr("gqa_lib.widgets.grouped_attention", getattr(attention, impl))
+    monkeypatch.setattr("gqa_lib.viz.widgets.grouped_attention", getattr(attention, impl))
     with LiveTensorBytes() as tracker:
         measure_decode_per_group(TINY, B, T, dtype, "cpu", groups=[1, 8, 32], repeats=1)
     assert parts["k_v"] <= tracker.peak <= sum(parts.values())
@@ -388,10 +389,10 @@ def test_memory_guard_counts_what_is_allocated_at_once(monkeypatch, dtype, impl)
 
 
 def test_static_display_shows_a_note_not_dead_sliders(monkeypatch):
-    monkeypatch.setattr("gqa_lib.widgets.measure_decode_per_group", _fake_measure())
+    monkeypatch.setattr("gqa_lib.viz.widgets.measure_decode_per_group", _fake_measure())
     monkeypatch.setenv("GQA_BOOK_STATIC", "1")
     shown, displayed = [], []
-    monkeypatch.setattr("gqa_lib.widgets.show", lambda fig: shown.append(fig))
+    monkeypatch.setattr("gqa_lib.viz.widgets.show", lambda fig: shown.append(fig))
     monkeypatch.setattr("IPython.display.display", lambda obj: displayed.append(obj))
     ex = DecodeExplorer()
     ex.display()
@@ -553,7 +554,7 @@ def test_measure_explorer_sweeps_rows_cover_every_shape_context_and_g():
 
 
 def test_measure_explorer_sweeps_times_on_the_threads_it_names_and_leaves_the_count(monkeypatch):
-    from gqa_lib import timing
+    from gqa_lib.speed import timing
 
     real = timing.time_call
     seen = []
@@ -588,6 +589,6 @@ def test_measure_explorer_sweeps_refuses_bad_input(kwargs, match):
 
 
 def test_measure_explorer_sweeps_refuses_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr("gqa_lib.widgets.available_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr("gqa_lib.viz.widgets.available_memory_bytes", lambda device: 2**20)
     with pytest.raises(SizeRefused, match="more than half of the"):
         measure_explorer_sweeps(["Llama 2 70B"], contexts=[4096], device="cpu")

@@ -190,7 +190,7 @@ def missing_browser_message() -> str | None:
 
 
 def fmt_bytes(b: float) -> str:
-    """A byte count as the book's in-page tools print it (gqa_lib.plots.FORM_HELPERS_JS's fmtBytes)."""
+    """A byte count as the book's in-page tools print it (gqa_lib.viz.plots.FORM_HELPERS_JS's fmtBytes)."""
     units, i = ["B", "KiB", "MiB", "GiB", "TiB"], 0
     while b >= 1024 and i < len(units) - 1:
         b /= 1024

@@ -17,7 +17,7 @@ FIGURE_MARKER = 'class="gqa-plotly plotly-graph-div"'
 
 
 def figure_outputs(executed_notebook: Path) -> int:
-    """Figures displayed by gqa_lib.plots.show in the notebook the build executed."""
+    """Figures displayed by gqa_lib.viz.plots.show in the notebook the build executed."""
     nb = json.loads(executed_notebook.read_text())
     return sum(
         "".join(out.get("data", {}).get("text/html", "")).count(FIGURE_MARKER)

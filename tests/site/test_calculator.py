@@ -1,4 +1,4 @@
-"""The KV-cache calculator of chapter 9 in a real browser: its read-out equals gqa_lib.capacity.
+"""The KV-cache calculator of chapter 9 in a real browser: its read-out equals gqa_lib.speed.capacity.
 
 The page's script only looks up numbers that Python computed and combines them
 with the module's formulas; this test sets the controls as a reader would and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gqa_lib import capacity
+from gqa_lib.speed import capacity
 from sitekit import fmt_bytes
 from gqa_lib.model_configs import load_real_model
 

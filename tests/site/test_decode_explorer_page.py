@@ -1,11 +1,11 @@
 """Chapter 5's precomputed decode explorer in a real browser: its read-out equals what gqa_lib computes.
 
 The explorer's script only looks up numbers that Python computed
-(gqa_lib.widgets.decode_explorer_data, embedded in the page as JSON). These
+(gqa_lib.viz.widgets.decode_explorer_data, embedded in the page as JSON). These
 tests set the controls as a reader would (model, device, context, the G
 slider) and compare what the page shows with the library's own formulas: the
 KV-cache size from the model preset, the timings from the sweep rows, the
-comparisons from gqa_lib.widgets.compare_times.
+comparisons from gqa_lib.viz.widgets.compare_times.
 
 Two pages: a standalone one written here from synthetic sweeps (two devices,
 different contexts; plotly.js inlined from the installed plotly package), which
@@ -20,9 +20,10 @@ from pathlib import Path
 import plotly
 import pytest
 
-from gqa_lib import bench, get_preset
-from gqa_lib.kv_cache import kv_cache_bytes
-from gqa_lib.widgets import EXPLORER_MODELS, compare_times, decode_explorer_html
+from gqa_lib.speed import bench
+from gqa_lib import get_preset
+from gqa_lib.core.kv_cache import kv_cache_bytes
+from gqa_lib.viz.widgets import EXPLORER_MODELS, compare_times, decode_explorer_html
 from sitekit import fmt_bytes
 
 PAGE = "chapters/05_fast_decoding.html"

@@ -28,8 +28,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .attention import GroupedQueryAttention
-from .checks import as_count
+from ..core.attention import GroupedQueryAttention
+from ..checks import as_count
 from .head_similarity import head_projections, pooling_distance, similar_head_order
 
 __all__ = [
@@ -160,7 +160,7 @@ def convert_to_gqa(
     only) needs ``calibration``, token ids (B, T) that ``model`` can read: in
     each layer the heads are reordered (:func:`permute_heads`) so that each
     group holds heads whose K and V outputs on those tokens are closest
-    (:func:`gqa_lib.head_similarity.similar_head_order`), then pooled as usual.
+    (:func:`gqa_lib.recipe.head_similarity.similar_head_order`), then pooled as usual.
     The copy records each layer's order as ``attn.head_order``.
     """
     if not isinstance(model, nn.Module):

@@ -1,12 +1,12 @@
 """Plotly figures of the conversion and uptraining experiments (chapters 6-8).
 
-They read the results of :mod:`gqa_lib.experiments` (``grid.json``: ``runs``,
+They read the results of :mod:`gqa_lib.recipe.experiments` (``grid.json``: ``runs``,
 one entry per (G, method, grouping, seed) holding held-out metrics per
 uptraining fraction alpha and a training trace; ``baselines``, the models
 trained from scratch). Every seed is drawn, as a dot or a thin line, beside
 the mean: with five seeds a reader should see the spread, not a standard
 error. Every function returns a ``go.Figure`` and displays nothing (use
-:func:`gqa_lib.plots.show`).
+:func:`gqa_lib.viz.plots.show`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .experiments import find_baseline, find_run, seed_stats
-from .paper import FIGURE4_AVERAGE, TABLE1
+from ..recipe.experiments import find_baseline, find_run, seed_stats
+from ..paper import FIGURE4_AVERAGE, TABLE1
 from .speed_figures import group_label
 
 __all__ = [

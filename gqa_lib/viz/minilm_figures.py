@@ -1,9 +1,9 @@
 """Plotly figures of the MiniLM experiment (chapter 9): a real encoder converted to G KV heads.
 
-They read the results of :mod:`gqa_lib.minilm_experiment` (``conversion``:
+They read the results of :mod:`gqa_lib.recipe.minilm_experiment` (``conversion``:
 one cell per (G, method, grouping) at 0 steps; ``uptraining``: one run per
 (G, method, seed) with evaluations at several steps). Every function returns
-a ``go.Figure`` and displays nothing (use :func:`gqa_lib.plots.show`).
+a ``go.Figure`` and displays nothing (use :func:`gqa_lib.viz.plots.show`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import as_count, as_kv_heads
+from ..checks import as_count, as_kv_heads
 from .kv_cache import KVCache
 from .rope import apply_rope
 
@@ -143,7 +143,7 @@ def grouped_attention(
       may be strided views (a slice of a longer cache).
     * Causal prefill (Tq > 1) passes ``is_causal`` (Tq = Tk) or a
       bottom-right-aligned mask (Tq < Tk) with ``enable_gqa=True``: the
-      fastest of the options measured by ``python -m gqa_lib.bench prefill-kernels``.
+      fastest of the options measured by ``python -m gqa_lib.speed.bench prefill-kernels``.
     """
     _check_qkv(q, k, v, causal)
     B, H, Tq, D = q.shape
@@ -247,7 +247,7 @@ def attend_heads(
     and values to ``cache`` (which then stores rotated keys) and attends
     causally with ``ATTENTION_IMPLEMENTATIONS[impl]``. Shared by
     :class:`GroupedQueryAttention` and the shards of
-    :mod:`gqa_lib.tensor_parallel`, which hold some of a layer's heads.
+    :mod:`gqa_lib.speed.tensor_parallel`, which hold some of a layer's heads.
     """
     B, T, _ = x.shape
     # (B, T, H*D) -> (B, T, H, D) -> (B, H, T, D)
@@ -307,7 +307,7 @@ class GroupedQueryAttention(nn.Module):
         """x: (B, T, d_model) -> (B, T, d_model), causal.
 
         ``position_embeddings``: the RoPE (cos, sin) of the T positions, two
-        (T, head_dim) tensors (see :func:`gqa_lib.rope.rope_cos_sin`); queries
+        (T, head_dim) tensors (see :func:`gqa_lib.core.rope.rope_cos_sin`); queries
         and keys are rotated by them before attention. None: no positions.
         With a ``cache``, the T new positions' keys (already rotated) and
         values are appended to layer ``layer`` of the cache and the queries

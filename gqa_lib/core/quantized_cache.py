@@ -43,11 +43,11 @@ channel sets the scale of its whole head vector; at 8 bits the grid is fine
 enough that this costs little (the chapter measures it), at 2-4 bits it is
 what KIVI's per-channel keys are for.
 
-:class:`QuantizedKVCache` subclasses :class:`~gqa_lib.kv_cache.KVCache`, so
-:class:`~gqa_lib.model.TransformerLM` decodes with it unchanged:
+:class:`QuantizedKVCache` subclasses :class:`~gqa_lib.core.kv_cache.KVCache`, so
+:class:`~gqa_lib.core.model.TransformerLM` decodes with it unchanged:
 ``model(idx, cache=new_quantized_cache(model, B, T))``. :func:`int8_quality`
 measures what quantization costs on the toy corpus, and
-``python -m gqa_lib.quantized_cache`` prints that table for the converted
+``python -m gqa_lib.core.quantized_cache`` prints that table for the converted
 checkpoints.
 """
 
@@ -60,8 +60,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .checks import as_count, as_non_negative_float
-from .corpus import ToyCorpus, recall_accuracy
+from ..checks import as_count, as_non_negative_float
+from ..recipe.corpus import ToyCorpus, recall_accuracy
 from .kv_cache import KVCache
 from .model import TransformerLM
 
@@ -209,7 +209,7 @@ def quantized_kv_cache_bytes(
 
     ``2 * n_layers * batch_size * n_kv_heads * seq_len * (head_dim * bits / 8 + 4)``:
     per (token, head) and per K or V, ``head_dim * bits / 8`` bytes of integers
-    and one 4-byte float32 scale. (Compare :func:`gqa_lib.kv_cache.kv_cache_bytes`.)
+    and one 4-byte float32 scale. (Compare :func:`gqa_lib.core.kv_cache.kv_cache_bytes`.)
     """
     n_layers = as_count("n_layers", n_layers)
     n_kv_heads = as_count("n_kv_heads", n_kv_heads)
@@ -226,7 +226,7 @@ def quantized_kv_cache_bytes(
 
 
 class QuantizedKVCache(KVCache):
-    """A :class:`~gqa_lib.kv_cache.KVCache` that stores keys and values as int8 (or packed int4).
+    """A :class:`~gqa_lib.core.kv_cache.KVCache` that stores keys and values as int8 (or packed int4).
 
     Same constructor (plus ``bits``), same ``update`` contract: k, v of shape
     (B, G, T, D) in the cache's ``dtype`` are appended to a layer, and all
@@ -417,7 +417,7 @@ def _cache_logits(model: TransformerLM, x: torch.Tensor, bits: int | None, mode:
 
 
 class _Metrics:
-    """The sums :func:`gqa_lib.train.evaluate` keeps, in the same order and with the same formulas."""
+    """The sums :func:`gqa_lib.recipe.train.evaluate` keeps, in the same order and with the same formulas."""
 
     def __init__(self) -> None:
         self.total_loss = self.recall_loss = self.text_loss = 0.0
@@ -485,7 +485,7 @@ def evaluate_with_cache(
     batch_size: int = 128,
     mode: str = "prefill",
 ) -> dict:
-    """:func:`gqa_lib.train.evaluate`'s metrics, with attention reading K and V back from a KV cache.
+    """:func:`gqa_lib.recipe.train.evaluate`'s metrics, with attention reading K and V back from a KV cache.
 
     ``train.evaluate`` runs a plain forward (no cache), so quantizing a
     cache would not touch it. Here each batch of sequences is run through a
@@ -574,18 +574,18 @@ def uptrained_model(seed: int = 0, n_kv_heads: int = 4, alpha: float = 0.05, met
 
     Only the pre-trained checkpoints are shipped (``gqa_lib/data/gqa_toy``);
     the converted and uptrained runs of ``grid.json`` keep their metrics,
-    not their weights. This repeats :func:`gqa_lib.experiments.run_point`'s
+    not their weights. This repeats :func:`gqa_lib.recipe.experiments.run_point`'s
     recipe for one run (contiguous grouping, uptraining batches seeded with
     ``10_000 + seed``), so it reproduces the run of ``grid.json`` up to the
-    float rounding of the CPU's kernels (``python -m gqa_lib.quantized_cache``
+    float rounding of the CPU's kernels (``python -m gqa_lib.core.quantized_cache``
     prints the grid's loss next to the recomputed one; on a 2-core CPU with
     one thread they agreed to 1.4e-5 at alpha = 0.05, exactly at alpha = 0).
     ``alpha=0`` is the converted model without uptraining; uptraining takes
     about 5 s per 1 % of alpha on one CPU thread.
     """
-    from .convert import convert_to_gqa
-    from .experiments import SETUP, load_or_pretrain
-    from .train import uptrain
+    from ..recipe.convert import convert_to_gqa
+    from ..recipe.experiments import SETUP, load_or_pretrain
+    from ..recipe.train import uptrain
 
     setup = SETUP if setup is None else setup
     alpha = as_non_negative_float("alpha", alpha)
@@ -598,12 +598,12 @@ def uptrained_model(seed: int = 0, n_kv_heads: int = 4, alpha: float = 0.05, met
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m gqa_lib.quantized_cache``: float vs quantized cache quality of the converted checkpoints."""
+    """``python -m gqa_lib.core.quantized_cache``: float vs quantized cache quality of the converted checkpoints."""
     import argparse
 
-    from .experiments import DATA_DIR, SETUP, find_run, load_or_run_grid
+    from ..recipe.experiments import DATA_DIR, SETUP, find_run, load_or_run_grid
 
-    parser = argparse.ArgumentParser(prog="python -m gqa_lib.quantized_cache", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gqa_lib.core.quantized_cache", description=main.__doc__)
     parser.add_argument("--seed", type=int, default=0, help="pre-training seed of the checkpoint (default 0)")
     parser.add_argument("--groups", type=int, nargs="+", default=[8, 4, 2, 1], help="G values (default 8 4 2 1)")
     parser.add_argument("--alpha", type=float, default=0.05, help="uptraining fraction (default 0.05; 0: converted only)")

@@ -29,9 +29,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checks import as_count
+from ..checks import as_count
 from .convert import CONVERSION_METHODS, GROUPINGS, head_rows, pool_heads, similar_orders
-from .model import TransformerConfig, TransformerLM
+from ..core.model import TransformerConfig, TransformerLM
 
 __all__ = ["config_from_hf", "config_to_hf", "from_pretrained", "save_pretrained", "convert_checkpoint", "main"]
 
@@ -345,8 +345,8 @@ def _read_calibration(path: Path) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m gqa_lib.hf convert SRC DST --kv-heads G [--method M] [--grouping G --calibration F] [--overwrite]``."""
-    parser = argparse.ArgumentParser(prog="python -m gqa_lib.hf", description="Hugging Face checkpoints and GQA.")
+    """``python -m gqa_lib.recipe.hf convert SRC DST --kv-heads G [--method M] [--grouping G --calibration F] [--overwrite]``."""
+    parser = argparse.ArgumentParser(prog="python -m gqa_lib.recipe.hf", description="Hugging Face checkpoints and GQA.")
     sub = parser.add_subparsers(dest="command", required=True)
     convert = sub.add_parser("convert", help="convert a Llama-family checkpoint folder to G KV heads")
     convert.add_argument("src", type=Path, help="the checkpoint folder to convert (config.json + safetensors)")

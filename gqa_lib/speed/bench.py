@@ -1,4 +1,4 @@
-"""Benchmarks of decoding speed: ``python -m gqa_lib.bench attention``.
+"""Benchmarks of decoding speed: ``python -m gqa_lib.speed.bench attention``.
 
 Each command prints a table of its figures and, with ``--json PATH``, writes
 them as JSON with the device name, torch version and settings.
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
-from .checks import as_kv_heads, divisors
+from ..core.attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
+from ..checks import as_kv_heads, divisors
 from .gpu_plan import transformer_parameters
-from .kv_cache import kv_cache_bytes
-from .model import TransformerConfig, TransformerLM
-from .progress import progress as progress_bar
+from ..core.kv_cache import kv_cache_bytes
+from ..core.model import TransformerConfig, TransformerLM
+from ..progress import progress as progress_bar
 from .timing import (
     available_memory_bytes,
     device_name,
@@ -255,7 +255,7 @@ def bench_model_decode(
     ``context`` positions, all layers). Settings are timed in turn ``rounds``
     times and each row keeps its best median: all of them interleaved when
     every model and cache fits in half the free memory, else one G at a time
-    (what :mod:`gqa_lib.gpu_plan` assumes on a GPU).
+    (what :mod:`gqa_lib.speed.gpu_plan` assumes on a GPU).
     """
     device = pick_device(device)
     dtype = parse_dtype(dtype)
@@ -328,7 +328,7 @@ def sweep_attention_decode(
 
 
 def load_results(folder: str | Path, benchmark: str | None = None) -> list[dict]:
-    """Every JSON result written by ``python -m gqa_lib.bench ... --json`` in ``folder``, sorted by file name.
+    """Every JSON result written by ``python -m gqa_lib.speed.bench ... --json`` in ``folder``, sorted by file name.
 
     ``benchmark`` keeps only results of that command ("attention", "model", "sweep").
     A file that is not such a result raises ValueError naming it.
@@ -337,7 +337,7 @@ def load_results(folder: str | Path, benchmark: str | None = None) -> list[dict]
     for path in sorted(Path(folder).glob("*.json")):
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not {"benchmark", "device", "rows"} <= set(data):
-            raise ValueError(f"{path} is not a gqa_lib.bench result (needs 'benchmark', 'device', 'rows')")
+            raise ValueError(f"{path} is not a gqa_lib.speed.bench result (needs 'benchmark', 'device', 'rows')")
         if benchmark is None or data["benchmark"] == benchmark:
             results.append(data)
     return results
@@ -348,7 +348,7 @@ def reference_folder():
 
     A :class:`importlib.resources.abc.Traversable` (a :class:`~pathlib.Path`
     for an ordinary install or a checkout). Files get there by running, on the
-    machine to record, ``python -m gqa_lib.bench sweep --device cuda --json
+    machine to record, ``python -m gqa_lib.speed.bench sweep --device cuda --json
     gqa_lib/data/benchmarks/<gpu-name>.json`` in a checkout and committing the
     file; ``pip install`` ships every ``*.json`` in it (package data).
     """
@@ -605,7 +605,7 @@ def _add_common(p: argparse.ArgumentParser, dtype: str | None = "float32", dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gqa_lib.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gqa_lib.speed.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     att = sub.add_parser("attention", help="time one decode step of attention for every G, dtype and context")
     att.add_argument("--batch", type=positive_int, default=4)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch.utils import benchmark
 
-from .checks import as_count
+from ..checks import as_count
 
 __all__ = [
     "Timing",

@@ -33,9 +33,9 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from .checks import as_count, divisors
-from .model_configs import REAL_MODELS, RealModel, load_real_model
-from .plots import FORM_HELPERS_JS, run_with_plotly
+from ..checks import as_count, divisors
+from ..model_configs import REAL_MODELS, RealModel, load_real_model
+from ..viz.plots import FORM_HELPERS_JS, run_with_plotly
 
 __all__ = [
     "Device", "DEVICES", "MEMORIES_GB", "CACHE_DTYPES", "CONTEXTS", "BATCHES",

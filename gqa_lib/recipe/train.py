@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .checks import as_count, as_non_negative_float, as_positive_float
+from ..checks import as_count, as_non_negative_float, as_positive_float
 from .corpus import ToyCorpus, recall_accuracy
-from .model import TransformerConfig, TransformerLM
-from .progress import progress as progress_bar
+from ..core.model import TransformerConfig, TransformerLM
+from ..progress import progress as progress_bar
 
 __all__ = [
     "TrainRecipe",

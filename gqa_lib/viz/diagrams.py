@@ -1,7 +1,7 @@
 """Diagrams drawn by code: a multi-head attention layer, and a KV cache filling up.
 
 Every function here *returns* a :class:`plotly.graph_objects.Figure` and
-displays nothing; a chapter shows it with :func:`gqa_lib.plots.show`. Both
+displays nothing; a chapter shows it with :func:`gqa_lib.viz.plots.show`. Both
 figures use only what plotly.js does on its own (shapes drawn as traces,
 annotations, and for the cache an animation with frames, a slider and a play
 button), so they work on the book's static pages, where no Python runs.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from .checks import as_count
-from .kv_cache import kv_cache_bytes
+from ..checks import as_count
+from ..core.kv_cache import kv_cache_bytes
 
 __all__ = ["mha_layer_figure", "kv_cache_growth_figure", "CACHE_STATES"]
 

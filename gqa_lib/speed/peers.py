@@ -1,6 +1,6 @@
 """gqa_lib against the implementation practitioners use, Hugging Face transformers.
 
-Two commands of ``python -m gqa_lib.bench`` (they need ``pip install 'gqa_lib[hf]'``):
+Two commands of ``python -m gqa_lib.speed.bench`` (they need ``pip install 'gqa_lib[hf]'``):
 
 ``peers``
     ONE decode step of ONE attention layer, projections included, with ``Tk``
@@ -61,10 +61,10 @@ import inspect
 import torch
 
 from . import bench
-from .checks import as_kv_heads
-from .attention import GroupedQueryAttention
-from .kv_cache import KVCache
-from .model import TransformerConfig, TransformerLM
+from ..checks import as_kv_heads
+from ..core.attention import GroupedQueryAttention
+from ..core.kv_cache import KVCache
+from ..core.model import TransformerConfig, TransformerLM
 from .timing import device_name, parse_dtype, pick_device, time_interleaved
 
 __all__ = [
@@ -531,7 +531,7 @@ def _require_transformers():
     try:
         return _transformers()
     except ImportError as err:
-        raise SystemExit(f"python -m gqa_lib.bench: {err}") from None
+        raise SystemExit(f"python -m gqa_lib.speed.bench: {err}") from None
 
 
 def _environment(device: torch.device, transformers) -> dict:
@@ -602,7 +602,7 @@ def _add_device_and_json(p: argparse.ArgumentParser, dtype: str | None = None) -
 
 
 def add_peer_commands(subparsers) -> None:
-    """Add the ``peers`` and ``prefill`` subcommands to ``python -m gqa_lib.bench``."""
+    """Add the ``peers`` and ``prefill`` subcommands to ``python -m gqa_lib.speed.bench``."""
     peers = subparsers.add_parser("peers", help="one decode step of one attention layer: gqa_lib vs transformers")
     peers.add_argument("--heads", type=bench.positive_int, default=32, help="query heads H")
     peers.add_argument("--head-dim", type=bench.positive_int, default=128, help="D; d_model = H * D")

@@ -25,9 +25,9 @@ import math
 import torch
 from torch import nn
 
-from .attention import GroupedQueryAttention, causal_mask
-from .checks import as_count
-from .rope import apply_rope
+from ..core.attention import GroupedQueryAttention, causal_mask
+from ..checks import as_count
+from ..core.rope import apply_rope
 
 __all__ = [
     "head_projections",

@@ -25,7 +25,7 @@ dependency on sentence-transformers, which this module does not need)::
   checkpoint (read with safetensors only; nothing is unpickled) and its tokenizer.
 * :func:`sentence_embeddings`: what sentence-transformers computes for this model.
 * :func:`convert_encoder`: K/V heads pooled per group (weights *and* biases)
-  by :func:`gqa_lib.convert.convert_to_gqa`; ``grouping="similar"`` first
+  by :func:`gqa_lib.recipe.convert.convert_to_gqa`; ``grouping="similar"`` first
   reorders each layer's heads by how alike their keys and values are on
   calibration sentences (padding excluded).
 * :func:`embedding_cosine`, :func:`neighbour_agreement`: how close a converted
@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from .attention import GroupedQueryAttention, _check_qkv, check_head_counts
-from .checks import as_count, as_positive_float
+from ..core.attention import GroupedQueryAttention, _check_qkv, check_head_counts
+from ..checks import as_count, as_positive_float
 from .convert import CONVERSION_METHODS, GROUPINGS, convert_to_gqa, permute_heads
 from .head_similarity import pooling_distance, similar_head_order
-from .progress import progress as progress_bar
+from ..progress import progress as progress_bar
 
 __all__ = [
     "BertGQAConfig",
@@ -161,8 +161,8 @@ class GroupedBertSelfAttention(GroupedQueryAttention):
     """BERT self-attention with ``n_kv_heads`` K/V heads: non-causal, with biases and a key padding mask.
 
     A :class:`gqa_lib.GroupedQueryAttention` (same ``q_proj``/``k_proj``/
-    ``v_proj``/``o_proj``, so :func:`gqa_lib.convert.convert_to_gqa` and
-    :func:`gqa_lib.convert.permute_heads` work on it unchanged); ``o_proj`` is
+    ``v_proj``/``o_proj``, so :func:`gqa_lib.recipe.convert.convert_to_gqa` and
+    :func:`gqa_lib.recipe.convert.permute_heads` work on it unchanged); ``o_proj`` is
     BERT's ``attention.output.dense``. Only :meth:`forward` differs: every
     token sees every non-padding token (no cache, no RoPE).
     """
@@ -421,7 +421,7 @@ def encoder_head_outputs(model: GroupedBertEncoder, calibration) -> list[dict]:
 
     Returns one dict per layer: ``{"q": (H, N, D), "k": (G, N, D), "v": (G, N, D)}``
     float64, N = the number of real tokens (the layout of
-    :func:`gqa_lib.head_similarity.head_projections`, which cannot tell padding apart).
+    :func:`gqa_lib.recipe.head_similarity.head_projections`, which cannot tell padding apart).
     """
     if not isinstance(model, GroupedBertEncoder):
         raise ValueError(f"model must be a GroupedBertEncoder; got {type(model).__name__}")
@@ -457,9 +457,9 @@ def encoder_head_outputs(model: GroupedBertEncoder, calibration) -> list[dict]:
 def similar_encoder_orders(model: GroupedBertEncoder, calibration, n_kv_heads: int) -> list[list[int]]:
     """Per layer, the head order of ``grouping="similar"``: heads whose K and V outputs are closest share a group.
 
-    The distance is :func:`gqa_lib.head_similarity.pooling_distance` of the keys
+    The distance is :func:`gqa_lib.recipe.head_similarity.pooling_distance` of the keys
     plus that of the values, at the real tokens of ``calibration``; the groups
-    minimise its within-group sum (:func:`gqa_lib.head_similarity.similar_head_order`).
+    minimise its within-group sum (:func:`gqa_lib.recipe.head_similarity.similar_head_order`).
     """
     return [similar_head_order(pooling_distance(o["k"]) + pooling_distance(o["v"]), n_kv_heads)
             for o in encoder_head_outputs(model, calibration)]
@@ -483,9 +483,9 @@ def convert_encoder(
     :class:`Tokens`, a tokenizer output, or a list of those): each layer's
     heads are first reordered by :func:`similar_encoder_orders`, which moves
     their Q, K, V rows and biases and the attention output's columns
-    together (:func:`gqa_lib.convert.permute_heads`) and so leaves the model's
+    together (:func:`gqa_lib.recipe.convert.permute_heads`) and so leaves the model's
     function unchanged; the copy records each layer's order as ``attn.head_order``.
-    The pooling itself is :func:`gqa_lib.convert.convert_to_gqa`'s.
+    The pooling itself is :func:`gqa_lib.recipe.convert.convert_to_gqa`'s.
     """
     if not isinstance(model, GroupedBertEncoder):
         raise ValueError(f"model must be a GroupedBertEncoder; got {type(model).__name__}")
@@ -628,7 +628,7 @@ def distill(
     if not isinstance(student, GroupedBertEncoder):
         raise ValueError(f"student must be a GroupedBertEncoder; got {type(student).__name__}")
     if not isinstance(tokens, Tokens):
-        raise ValueError(f"tokens must be Tokens (see gqa_lib.encoder.tokenize); got {type(tokens).__name__}")
+        raise ValueError(f"tokens must be Tokens (see gqa_lib.recipe.encoder.tokenize); got {type(tokens).__name__}")
     if not isinstance(teacher_embeddings, torch.Tensor) or teacher_embeddings.shape != (len(tokens), student.config.d_model):
         raise ValueError(f"teacher_embeddings must be ({len(tokens)}, {student.config.d_model}); got "
                          f"{getattr(teacher_embeddings, 'shape', type(teacher_embeddings).__name__)}")

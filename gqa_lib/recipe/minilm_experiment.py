@@ -1,6 +1,6 @@
 """The book's conversion questions asked of a real model: all-MiniLM-L6-v2 (12 heads) converted to G K/V heads.
 
-    python -m gqa_lib.minilm_experiment run [--out PATH] [--jobs N] [--only-missing]
+    python -m gqa_lib.recipe.minilm_experiment run [--out PATH] [--jobs N] [--only-missing]
 
 writes ``gqa_lib/data/minilm/minilm_results.json`` (or ``--out``), which
 :func:`load_minilm_results` reads. Four parts, all on the English sentences
@@ -16,8 +16,8 @@ seeded permutation into 500 held-out sentences and the rest (1,963) for training
   first, random (contiguous groups), plus mean with similar groups for G in
   6, 4, 3, 2: the converted model's embeddings of the held-out sentences
   against the original's: mean cosine, nearest-neighbour agreement @1 and @5
-  (:func:`gqa_lib.encoder.neighbour_agreement`).
-* **Uptraining** by distillation (:func:`gqa_lib.encoder.distill`) towards
+  (:func:`gqa_lib.recipe.encoder.neighbour_agreement`).
+* **Uptraining** by distillation (:func:`gqa_lib.recipe.encoder.distill`) towards
   the original's embeddings of the training sentences: mean at every G, and
   first and random at G = 3 and 1, evaluated as above after 0, 25, 50, 100
   and 200 steps, all with seed 0 (the batch order, and the random K/V of
@@ -76,7 +76,7 @@ from pathlib import Path
 
 import torch
 
-from .checks import as_count
+from ..checks import as_count
 from .encoder import (
     MINILM_PACKAGE,
     Tokens,
@@ -91,7 +91,7 @@ from .encoder import (
     tokenize,
 )
 from .head_similarity import cosine_matrix, linear_cka_matrix, mean_pooling_error, pooling_distance, similar_head_order
-from .progress import progress as progress_bar
+from ..progress import progress as progress_bar
 
 __all__ = [
     "MiniLMSetup",
@@ -114,8 +114,8 @@ __all__ = [
     "main",
 ]
 
-SENTENCES_FILE = Path(__file__).resolve().parent / "data" / "sentences" / "sentences.txt"
-RESULTS_DIR = Path(__file__).resolve().parent / "data" / "minilm"
+SENTENCES_FILE = Path(__file__).resolve().parents[1] / "data" / "sentences" / "sentences.txt"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "data" / "minilm"
 RESULTS_FILE = "minilm_results.json"
 
 
@@ -204,8 +204,8 @@ def head_similarity(model, calibration: Tokens, groups=(6, 4, 3, 2)) -> list[dic
     norm, 0 for equal ones) and the mean-pooling error of keys and values
     (fraction of the squared norm lost when a group is replaced by its mean;
     1 - G/H for unrelated heads). ``similar`` groups are
-    :func:`gqa_lib.head_similarity.similar_head_order` of the keys' plus the
-    values' distance, the groups :func:`gqa_lib.encoder.convert_encoder` uses.
+    :func:`gqa_lib.recipe.head_similarity.similar_head_order` of the keys' plus the
+    values' distance, the groups :func:`gqa_lib.recipe.encoder.convert_encoder` uses.
     """
     layers = []
     for index, out in enumerate(encoder_head_outputs(model, calibration)):
@@ -614,7 +614,7 @@ def _print_tables(data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gqa_lib.minilm_experiment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gqa_lib.recipe.minilm_experiment", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["run", "show"], help="run: the whole experiment; show: print the tables")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / RESULTS_FILE,
                         help=f"the JSON file to write (or read, with show); a folder gets {RESULTS_FILE} (default {RESULTS_DIR / RESULTS_FILE})")

@@ -17,12 +17,12 @@ partition, so MQA's cache stops shrinking per rank once the model is sharded,
 while GQA with ``G >= W`` keeps every rank's share at ``G/W`` heads.
 
 The layer itself (:class:`TensorParallelAttention`, made by
-:func:`shard_attention`) slices a :class:`~gqa_lib.attention.GroupedQueryAttention`'s
+:func:`shard_attention`) slices a :class:`~gqa_lib.core.attention.GroupedQueryAttention`'s
 weights: ``q_proj``, ``k_proj`` and ``v_proj`` are column-parallel (rank ``r``
 keeps the output rows of its heads), ``o_proj`` is row-parallel (rank ``r``
 keeps the input columns of its query heads), and the ranks' partial outputs
 are summed with ``torch.distributed.all_reduce``. The attention math is
-:mod:`gqa_lib.attention`'s and RoPE is :mod:`gqa_lib.rope`'s; nothing is
+:mod:`gqa_lib.core.attention`'s and RoPE is :mod:`gqa_lib.core.rope`'s; nothing is
 re-implemented here.
 
 Units: bytes are bytes, per token and per layer unless a function takes
@@ -59,12 +59,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from .attention import (
+from ..core.attention import (
     ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, attend_heads, check_head_counts, check_layer_input,
 )
-from .checks import as_count, as_positive_float
-from .kv_cache import KVCache, kv_cache_bytes
-from .rope import rope_cos_sin
+from ..checks import as_count, as_positive_float
+from ..core.kv_cache import KVCache, kv_cache_bytes
+from ..core.rope import rope_cos_sin
 
 __all__ = [
     "TPKVLayout",
@@ -202,7 +202,7 @@ def tp_kv_bytes_per_token(
 
 
 class TensorParallelAttention(nn.Module):
-    """One rank's share of a :class:`~gqa_lib.attention.GroupedQueryAttention`; make it with :func:`shard_attention`.
+    """One rank's share of a :class:`~gqa_lib.core.attention.GroupedQueryAttention`; make it with :func:`shard_attention`.
 
     Holds ``Hr = H/W`` query heads and the ``Gr`` KV heads they read
     (``tp_kv_layout(H, G, W).kv_heads[rank]``): ``q_proj`` maps d_model to

@@ -2,8 +2,8 @@
 
 Re-run everything from scratch (about 80 min on a 2-core CPU with ``--jobs 2``)::
 
-    python -m gqa_lib.experiments all --jobs 2 --overwrite   # rewrites gqa_lib/data/gqa_toy/
-    python -m gqa_lib.experiments all --jobs 2 --out /tmp/x  # somewhere else
+    python -m gqa_lib.recipe.experiments all --jobs 2 --overwrite   # rewrites gqa_lib/data/gqa_toy/
+    python -m gqa_lib.recipe.experiments all --jobs 2 --out /tmp/x  # somewhere else
 
 ``all`` is three steps, each of which can also be run alone:
 
@@ -46,11 +46,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checks import as_count, as_non_negative_float
+from ..checks import as_count, as_non_negative_float
 from .convert import CONVERSION_METHODS, GROUPINGS, convert_to_gqa
 from .corpus import CorpusConfig, ToyCorpus, make_corpus
-from .model import TransformerConfig, TransformerLM
-from .progress import progress as progress_bar
+from ..core.model import TransformerConfig, TransformerLM
+from ..progress import progress as progress_bar
 from .train import TrainRecipe, TrainResult, alpha_to_steps, evaluate, train, uptrain
 
 __all__ = [
@@ -85,7 +85,7 @@ __all__ = [
     "main",
 ]
 
-DATA_DIR = Path(__file__).resolve().parent / "data" / "gqa_toy"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "gqa_toy"
 """Committed results, shipped inside the package so that ``pip install`` (Colab) brings them too."""
 GRID_FILE = "grid.json"
 RUNS_DIR = "runs"  # one JSON file per finished run (not shipped: grid.json gathers them)
@@ -792,7 +792,7 @@ def _spawn_workers(jobs: list[Job], setup: ExperimentSetup, out: Path, n_workers
 
 def main(argv: list[str] | None = None, setup: ExperimentSetup = SETUP) -> None:
     """The command line (see the module docstring); ``setup`` lets tests run it on a tiny setup."""
-    parser = argparse.ArgumentParser(prog="python -m gqa_lib.experiments", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gqa_lib.recipe.experiments", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=[*STEPS, "all"], help="which experiments to run")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes running runs side by side (default 1)")

@@ -18,15 +18,15 @@ What the plans assume of the code they size (the lead must keep the code to it):
 * **One G at a time.** A benchmark over G builds the tensors (or the model and
   its cache) of one G, times it, and frees them before building the next. The
   largest G (MHA, G = H) bounds the K/V; G = H/2 with a copy of K/V to H heads
-  is the worst attention call. :func:`gqa_lib.bench.bench_model_decode` and
-  :func:`gqa_lib.bench.bench_attention_decode` build every G at once today and
+  is the worst attention call. :func:`gqa_lib.speed.bench.bench_model_decode` and
+  :func:`gqa_lib.speed.bench.bench_attention_decode` build every G at once today and
   must change (see :func:`model_peak_bytes`, :func:`attention_peak_bytes`).
 * **Half precision for decoding.** :func:`decode_dtype` picks bf16 where the
   GPU computes it natively and fp16 elsewhere (a T4: ask
   ``torch.cuda.is_bf16_supported(including_emulation=False)``, since the
   default ``including_emulation=True`` answers True on a T4).
 * **No fp32 copy on the device.** Weights are built on the host and moved
-  with ``.to(device, dtype)`` (as :func:`gqa_lib.bench.decode_step_model`
+  with ``.to(device, dtype)`` (as :func:`gqa_lib.speed.bench.decode_step_model`
   does); random K/V are drawn in the plan's dtype or converted on the host.
 * **SDPA may fall back to its math backend.** PyTorch's FlashAttention
   kernel (sm80 and newer) is the fused one that takes ``enable_gqa=True``
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 
-from .checks import as_count, as_kv_heads, divisors
+from ..checks import as_count, as_kv_heads, divisors
 
 __all__ = [
     "CH5_IMPLEMENTATIONS",
@@ -279,7 +279,7 @@ def attention_parts(
 
     * ``"q"``: the query (B, H, 1, D);
     * ``"k_v"``: K and V (B, G, context + spare_positions, D), the buffers
-      :func:`gqa_lib.bench.bench_attention_decode` slices Tk = context from;
+      :func:`gqa_lib.speed.bench.bench_attention_decode` slices Tk = context from;
     * ``"call"``: the largest :func:`attention_call_bytes` over ``implementations``
       (calls run one after another, never together).
 
@@ -309,7 +309,7 @@ def attention_peak_bytes(
     The largest sum of :func:`attention_parts` over G (default: every divisor
     of ``n_heads``). Assumes the benchmark builds q, K, V of one G, times all
     implementations on them and frees them before the next G (today's
-    :func:`gqa_lib.bench.bench_attention_decode` builds every G first: 1 + 2 +
+    :func:`gqa_lib.speed.bench.bench_attention_decode` builds every G first: 1 + 2 +
     ... + H heads of K/V at once, about twice this for H = 32). Timing every
     G against one MHA-sized K/V buffer (views of its first B*G*T*D elements,
     as the DecodeExplorer does) would hold H heads for every G instead.
@@ -432,7 +432,7 @@ def model_parts(
     n_kv_heads: int | None = None, vocab_size: int = 256, new_tokens: int = 64, implementations=("grouped",),
     *, math_sdpa: bool = False, workspace_bytes: int = WORKSPACE_BYTES,
 ) -> dict[str, int]:
-    """Bytes one G's decoding step holds at once (the setup of :func:`gqa_lib.bench.decode_step_model`), by part.
+    """Bytes one G's decoding step holds at once (the setup of :func:`gqa_lib.speed.bench.decode_step_model`), by part.
 
     * ``"weights"``: every parameter of the TransformerLM with ``max_seq_len =
       context + new_tokens``, at ``elem_bytes`` each (exactly
@@ -466,7 +466,7 @@ def model_peak_bytes(
     groups=None, vocab_size: int = 256, new_tokens: int = 64, implementations=("grouped",),
     *, math_sdpa: bool = False, workspace_bytes: int = WORKSPACE_BYTES,
 ) -> int:
-    """Peak device bytes of :func:`gqa_lib.bench.bench_model_decode` with ONE G's model and cache alive at a time.
+    """Peak device bytes of :func:`gqa_lib.speed.bench.bench_model_decode` with ONE G's model and cache alive at a time.
 
     The largest sum of :func:`model_parts` over ``groups`` (default: every
     divisor of ``n_heads``): weights + a cache of ``context + new_tokens``
@@ -491,7 +491,7 @@ def model_plan(
     vocab_size: int = 256, implementations=("grouped",), fraction: float = GPU_BUDGET_FRACTION,
     what: str = "chapter 5's whole-model decode benchmark",
 ) -> dict:
-    """The whole-model decode benchmark (:func:`gqa_lib.bench.bench_model_decode`) on a GPU with ``free_bytes`` free.
+    """The whole-model decode benchmark (:func:`gqa_lib.speed.bench.bench_model_decode`) on a GPU with ``free_bytes`` free.
 
     Keeps the model's shape (d_model, n_layers, d_ff, H) and starts from
     today's batch and context (chapter 5: d_model 4096, 4 layers, d_ff 4096,

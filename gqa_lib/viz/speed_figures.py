@@ -1,7 +1,7 @@
 """Plotly figures of decoding speed and KV-cache size per number of KV heads G.
 
 Every function returns a ``go.Figure`` and displays nothing; use
-:func:`gqa_lib.plots.show` to display. Figures with sliders use plain
+:func:`gqa_lib.viz.plots.show` to display. Figures with sliders use plain
 ``layout.sliders`` with ``restyle`` steps, so they work on a static web page
 where no Python runs.
 """
@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from .kv_cache import kv_cache_bytes
-from .paper import FIGURE6_GROUPS, FIGURE6_SECONDS
-from .presets import ModelPreset
+from ..core.kv_cache import kv_cache_bytes
+from ..paper import FIGURE6_GROUPS, FIGURE6_SECONDS
+from ..presets import ModelPreset
 
 __all__ = [
     "group_label",

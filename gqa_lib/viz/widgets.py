@@ -32,15 +32,15 @@ import uuid
 
 import torch
 
-from .attention import grouped_attention
-from .bench import divisors, sweep_attention_decode
-from .checks import as_count, as_kv_heads
-from .gpu_plan import explorer_memory_parts
-from .kv_cache import kv_cache_bytes
+from ..core.attention import grouped_attention
+from ..speed.bench import divisors, sweep_attention_decode
+from ..checks import as_count, as_kv_heads
+from ..speed.gpu_plan import explorer_memory_parts
+from ..core.kv_cache import kv_cache_bytes
 from .plots import FORM_HELPERS_JS, run_with_plotly, show
-from .presets import PRESETS, ModelPreset
+from ..presets import PRESETS, ModelPreset
 from .speed_figures import kv_by_group_figure, time_by_group_figure
-from .timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
+from ..speed.timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
 
 __all__ = [
     "DecodeExplorer", "compare_times", "measure_decode_per_group", "SizeRefused",
@@ -98,7 +98,7 @@ def _element_size(dtype: torch.dtype) -> int:
 def _memory_parts(
     preset: ModelPreset, batch_size: int, context: int, elem: int, spare_positions: int = SPARE_POSITIONS
 ) -> dict[str, int]:
-    """Bytes the MHA-sized timing holds at once, by part: :func:`gqa_lib.gpu_plan.explorer_memory_parts`."""
+    """Bytes the MHA-sized timing holds at once, by part: :func:`gqa_lib.speed.gpu_plan.explorer_memory_parts`."""
     return explorer_memory_parts(batch_size, context, elem, preset.n_heads, preset.head_dim, spare_positions)
 
 
@@ -132,7 +132,7 @@ def _cache_slice(cache: torch.Tensor, g: int, context: int) -> torch.Tensor:
 
     ``cache`` (B, H, max_len, D), contiguous. Its first B*G*max_len*D elements
     are read as a (B, G, max_len, D) cache, the layout of one layer of a
-    :class:`~gqa_lib.kv_cache.KVCache` with G heads, and sliced to
+    :class:`~gqa_lib.core.kv_cache.KVCache` with G heads, and sliced to
     (B, G, context, D) as ``KVCache.update`` returns it: a strided view, no copy.
     """
     B, _, max_len, D = cache.shape
@@ -160,12 +160,12 @@ def measure_decode_per_group(
     ``context + spare_positions`` positions (room for the tokens still to be
     generated; default 64) and attention reads the slice ``[:, :, :context]``
     of it, a strided view with the strides of one layer of a
-    :class:`~gqa_lib.kv_cache.KVCache`. K and V are allocated once at MHA size
+    :class:`~gqa_lib.core.kv_cache.KVCache`. K and V are allocated once at MHA size
     (H heads); each G reads a (B, G, max_len, D) cache laid out in the first
     elements of that storage (a view, no copy, no new allocation).
 
     On a CPU the timing runs on ``num_threads`` threads (default
-    ``torch.get_num_threads()``, see :func:`gqa_lib.timing.timing_threads`);
+    ``torch.get_num_threads()``, see :func:`gqa_lib.speed.timing.timing_threads`);
     label results with ``device_name(device, num_threads)``.
 
     Raises :class:`SizeRefused` (a ValueError) when what the timing holds at
@@ -476,14 +476,14 @@ def measure_explorer_sweeps(
     """The measurements behind :func:`precomputed_explorer`: one decode sweep per attention shape of ``models``.
 
     For each distinct (H, D) among the models (two models of one shape share a
-    sweep), :func:`gqa_lib.bench.sweep_attention_decode` times one decode step
+    sweep), :func:`gqa_lib.speed.bench.sweep_attention_decode` times one decode step
     of one attention layer, :func:`gqa_lib.grouped_attention` (one query token
     of H heads against ``context`` cached positions of G KV heads, batch
     ``batch_size``), for every G dividing H and every context, ``rounds``
     interleaved rounds each (the best median of each kept: a reading spoiled
     by load elsewhere on the machine in one round is replaced by a better
     one). Returns results in the format of ``python -m
-    gqa_lib.bench sweep --json`` (``benchmark``, ``device``, ``settings``,
+    gqa_lib.speed.bench sweep --json`` (``benchmark``, ``device``, ``settings``,
     ``rows`` with ``context``, ``G``, ``ms`` and ``kv_bytes``), plus ``note``:
     "measured when this chapter ran". Sizes that would not fit in half of the
     device's free memory raise :class:`SizeRefused`.
@@ -534,7 +534,7 @@ def _sweep_table(sweep, index: int) -> tuple[dict, list[int], dict[tuple[int, in
     """(settings, contexts, {(context, G): ms}) of one sweep result, every field checked; ValueError naming it."""
     where = f"sweep {index}"
     if not isinstance(sweep, dict) or not {"device", "settings", "rows"} <= set(sweep):
-        raise ValueError(f"{where} must be a gqa_lib.bench sweep result with 'device', 'settings' and 'rows'; "
+        raise ValueError(f"{where} must be a gqa_lib.speed.bench sweep result with 'device', 'settings' and 'rows'; "
                          f"got {sweep!r:.200}")
     where = f"sweep {index} ({sweep['device']})"
     s = sweep["settings"]
@@ -578,7 +578,7 @@ def decode_explorer_data(sweeps, models=EXPLORER_MODELS) -> dict:
     """Every number the precomputed explorer shows, computed here; the page's script only looks them up.
 
     ``sweeps``: results of :func:`measure_explorer_sweeps` and
-    ``python -m gqa_lib.bench sweep --json`` (e.g. :func:`gqa_lib.bench.reference_results`
+    ``python -m gqa_lib.speed.bench sweep --json`` (e.g. :func:`gqa_lib.speed.bench.reference_results`
     ("sweep")). A sweep serves every model of ``models`` whose (H, D) it was
     measured for; each model needs at least one. Per model and sweep, for
     every context (index ``c``) and G (index ``j``, the divisors of H):
@@ -632,7 +632,7 @@ var root = document.getElementById('__ID__');
 var D = JSON.parse(root.querySelector('script[data-explorer="data"]').textContent);
 function el(name) { return root.querySelector('[data-explorer="' + name + '"]'); }
 function fmtMs(ms) { return (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms >= 1 ? ms.toFixed(2) : ms.toFixed(3)) + ' ms'; }
-function compare(ms, ref, name) {  // gqa_lib.widgets.compare_times
+function compare(ms, ref, name) {  // gqa_lib.viz.widgets.compare_times
   var ratio = ref / ms;
   if (Math.round(ratio * 100) === 100 || Math.round(100 / ratio) === 100) return 'about as fast as ' + name;
   return ratio > 1 ? ratio.toFixed(2) + 'x faster than ' + name : (1 / ratio).toFixed(2) + 'x slower than ' + name;

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from .checks import as_count
+from ..checks import as_count
 
 __all__ = ["KVCache", "kv_cache_bytes"]
 

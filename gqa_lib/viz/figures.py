@@ -1,12 +1,12 @@
 """Plotly figures the chapters share: head grouping, the grouped product, KV-cache sliders.
 
 Every function here *returns* a :class:`plotly.graph_objects.Figure` and
-displays nothing; a chapter shows it with :func:`gqa_lib.plots.show`.
+displays nothing; a chapter shows it with :func:`gqa_lib.viz.plots.show`.
 Interactivity uses only what plotly.js does on its own (layout sliders that
 restyle traces), so the figures keep working on the book's static pages,
 where no Python runs.
 
-Conventions (the same as :mod:`gqa_lib.attention`):
+Conventions (the same as :mod:`gqa_lib.core.attention`):
 
 * ``H`` query heads, ``G`` key/value heads, ``G`` divides ``H``.
 * Contiguous groups: query head ``h`` reads KV head ``h // (H // G)``.
@@ -21,9 +21,9 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .checks import as_count, as_kv_heads, divisors
-from .kv_cache import kv_cache_bytes
-from .presets import ModelPreset
+from ..checks import as_count, as_kv_heads, divisors
+from ..core.kv_cache import kv_cache_bytes
+from ..presets import ModelPreset
 
 __all__ = [
     "GIB",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import as_count, as_positive_float
+from ..checks import as_count, as_positive_float
 
 __all__ = ["rope_inverse_frequencies", "rope_cos_sin", "rotate_half", "apply_rope"]
 

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .checks import as_count, as_non_negative_float
+from ..checks import as_count, as_non_negative_float
 
 __all__ = [
     "CorpusConfig", "ToyCorpus", "make_corpus", "recall_accuracy", "matching_entry_positions", "BOS", "SEP",
