@@ -247,21 +247,10 @@ class TransformerLM(nn.Module):
         ``temperature=0`` is greedy; ``top_k`` keeps only the k most likely
         tokens. Returns (B, T + max_new_tokens).
         """
-        self._check_tokens(idx)
-        max_new_tokens = as_count("max_new_tokens", max_new_tokens, minimum=0)
-        temperature = as_non_negative_float("temperature", temperature)
-        if top_k is not None:
-            top_k = as_count("top_k", top_k)
-            if top_k > self.config.vocab_size:
-                raise ValueError(f"top_k must be between 1 and vocab_size={self.config.vocab_size}; got {top_k}")
-        total = idx.shape[1] + max_new_tokens
-        if total > self.config.max_seq_len:
-            raise ValueError(
-                f"prompt of {idx.shape[1]} + {max_new_tokens} new tokens exceeds max_seq_len={self.config.max_seq_len}"
-            )
+        max_new_tokens, temperature, top_k = self._check_generation(idx, max_new_tokens, temperature, top_k)
         if max_new_tokens == 0:
             return idx
-        cache = (new_cache or self.new_cache)(idx.shape[0], total)
+        cache = (new_cache or self.new_cache)(idx.shape[0], idx.shape[1] + max_new_tokens)
         logits = self(idx, cache=cache, last_only=True)[:, -1, :]  # (B, V): prefill
         out = [idx]
         for step in range(max_new_tokens):
@@ -270,6 +259,21 @@ class TransformerLM(nn.Module):
             if step + 1 < max_new_tokens:
                 logits = self(next_token, cache=cache)[:, -1, :]  # (B, V)
         return torch.cat(out, dim=1)
+
+    def _check_generation(self, idx: torch.Tensor, max_new_tokens, temperature, top_k) -> tuple:
+        """(max_new_tokens, temperature, top_k) checked for :meth:`generate`; ValueError naming a bad value."""
+        self._check_tokens(idx)
+        max_new_tokens = as_count("max_new_tokens", max_new_tokens, minimum=0)
+        temperature = as_non_negative_float("temperature", temperature)
+        if top_k is not None:
+            top_k = as_count("top_k", top_k)
+            if top_k > self.config.vocab_size:
+                raise ValueError(f"top_k must be between 1 and vocab_size={self.config.vocab_size}; got {top_k}")
+        if idx.shape[1] + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"prompt of {idx.shape[1]} + {max_new_tokens} new tokens exceeds max_seq_len={self.config.max_seq_len}"
+            )
+        return max_new_tokens, temperature, top_k
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
