@@ -16,3 +16,10 @@ def test_figure6_shape():
     by_g = dict(zip(paper.FIGURE6_GROUPS, paper.FIGURE6_SECONDS))
     # GQA-8 keeps most of MQA's saving: (t_MHA - t_GQA8) / (t_MHA - t_MQA)
     assert round((by_g[64] - by_g[8]) / (by_g[64] - by_g[1]), 3) == 0.985
+
+
+def test_the_uptraining_facts_the_chapters_cite():
+    from gqa_lib import paper
+
+    assert paper.UPTRAIN_ALPHA == paper.FIGURE4_ALPHA == 0.05
+    assert paper.UPTRAIN_XXL_TPUV3_CHIP_DAYS == 600 and paper.MQA_UPTRAINED_RUNS_AVERAGED == 3
