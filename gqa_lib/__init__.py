@@ -27,12 +27,12 @@ from .core.attention import (
     repeat_kv_attention,
     sdpa_attention,
 )
-from .recipe.convert import convert_to_gqa
-from .recipe.corpus import CorpusConfig, make_corpus
 from .core.kv_cache import KVCache, kv_cache_bytes
 from .core.model import TransformerConfig, TransformerLM
 from .model_configs import REAL_MODELS, RealModel, load_real_model
 from .presets import PRESETS, ModelPreset, get_preset
+from .recipe.convert import convert_to_gqa
+from .recipe.corpus import CorpusConfig, make_corpus
 from .source import show_source
 from .speed.timing import device_name, pick_device
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 import gqa_lib
-from gqa_lib.speed import capacity
 from gqa_lib.model_configs import REAL_MODELS, load_real_model
+from gqa_lib.speed import capacity
 
 GiB = 2**30
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gqa_lib.viz.plots
-from gqa_lib.viz import diagrams
 from gqa_lib import kv_cache_bytes
+from gqa_lib.viz import diagrams
 
 
 def boxes(fig):

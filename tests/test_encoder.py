@@ -413,7 +413,13 @@ def test_uptraining_table_shows_seed_0_unless_told():
 
 @needs_minilm
 def test_a_shipped_cell_recomputes(original, tokenizer):
-    from gqa_lib.recipe.minilm_experiment import SETUP, conversion_cell, load_minilm_results, load_sentences, split_sentences
+    from gqa_lib.recipe.minilm_experiment import (
+        SETUP,
+        conversion_cell,
+        load_minilm_results,
+        load_sentences,
+        split_sentences,
+    )
 
     results = load_minilm_results()
     shipped = next(c for c in results["conversion"]
@@ -431,10 +437,18 @@ def test_a_shipped_cell_recomputes(original, tokenizer):
 
 
 def test_sentences_ship_with_their_source_and_split_deterministically():
-    import tomllib
     from pathlib import Path
 
-    from gqa_lib.recipe.minilm_experiment import RESULTS_DIR, RESULTS_FILE, SENTENCES_FILE, SETUP, load_sentences, split_sentences
+    import tomllib
+
+    from gqa_lib.recipe.minilm_experiment import (
+        RESULTS_DIR,
+        RESULTS_FILE,
+        SENTENCES_FILE,
+        SETUP,
+        load_sentences,
+        split_sentences,
+    )
 
     root = Path(__file__).resolve().parents[1]
     setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

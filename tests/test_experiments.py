@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from gqa_lib.core.model import TransformerConfig, TransformerLM
 from gqa_lib.recipe import experiments
-from gqa_lib.viz import quality_figures
 from gqa_lib.recipe.convert import convert_to_gqa
 from gqa_lib.recipe.corpus import CorpusConfig
 from gqa_lib.recipe.experiments import (
@@ -46,8 +46,8 @@ from gqa_lib.recipe.experiments import (
     train_from_scratch,
     work_through,
 )
-from gqa_lib.core.model import TransformerConfig, TransformerLM
 from gqa_lib.recipe.train import TrainRecipe, TrainResult, evaluate
+from gqa_lib.viz import quality_figures
 
 CORPUS = CorpusConfig(seq_len=16, n_keys=4, n_values=2, n_pairs=3, min_pairs=1, n_words=8, successors=2,
                       n_train=64, n_heldout=16)
@@ -875,8 +875,9 @@ def test_committed_grid_matches_the_setup_and_a_point_is_reproducible():
 @pytest.mark.skipif(not SHIPPED, reason=NOT_SHIPPED_YET)
 def test_results_ship_as_package_data_so_pip_install_brings_them():
     import fnmatch
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
@@ -893,8 +894,9 @@ def test_results_ship_as_package_data_so_pip_install_brings_them():
 def test_benchmark_results_ship_as_package_data_too():
     """gqa_lib/data/benchmarks/*.json (committed GPU results, gqa_lib.speed.bench.reference_results) ship with pip install."""
     import fnmatch
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())

@@ -9,8 +9,8 @@ import pytest
 
 import gqa_lib
 import gqa_lib.viz.plots
-from gqa_lib.viz import figures
 from gqa_lib.speed.bench import divisors
+from gqa_lib.viz import figures
 
 
 def traces(fig, panel, role):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from gqa_lib.core.model import TransformerConfig, TransformerLM
 from gqa_lib.speed import bench, gpu_plan
 from gqa_lib.speed.gpu_plan import (
     GPU_BUDGET_FRACTION,
@@ -22,7 +23,6 @@ from gqa_lib.speed.gpu_plan import (
     model_peak_bytes,
     model_plan,
 )
-from gqa_lib.core.model import TransformerConfig, TransformerLM
 
 CPU_WORKSPACE = 256 * 2**10  # a CPU fp16/bf16 GEMM's packing buffer (about 100 KiB seen), not the 32 MiB of cuBLAS
 CUDA_CONTEXT = 500_000_000  # bytes the CUDA context and PyTorch take before free memory is read

@@ -18,6 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.model import TransformerConfig, TransformerLM
+from gqa_lib.core.rope import apply_rope, rope_cos_sin
 from gqa_lib.recipe.convert import convert_to_gqa, permute_heads
 from gqa_lib.recipe.head_similarity import (
     attention_maps,
@@ -30,8 +32,6 @@ from gqa_lib.recipe.head_similarity import (
     similar_head_order,
     weight_cosine_matrix,
 )
-from gqa_lib.core.model import TransformerConfig, TransformerLM
-from gqa_lib.core.rope import apply_rope, rope_cos_sin
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from gqa_lib.speed import bench, peers
 from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.speed import bench, peers
 
 B, H, D, TK, NEW = 2, 4, 8, 10, 4  # batch, query heads, head dim, cached positions, room for new tokens
 

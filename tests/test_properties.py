@@ -18,9 +18,9 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gqa_lib.core.rope import apply_rope, rope_cos_sin
-from gqa_lib import KVCache, GroupedQueryAttention, TransformerConfig, TransformerLM, kv_cache_bytes
+from gqa_lib import GroupedQueryAttention, KVCache, TransformerConfig, TransformerLM, kv_cache_bytes
 from gqa_lib.core.attention import ATTENTION_IMPLEMENTATIONS, grouped_attention, grouped_matmul_attention
+from gqa_lib.core.rope import apply_rope, rope_cos_sin
 from gqa_lib.recipe.convert import convert_to_gqa
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import KVCache, TransformerConfig, TransformerLM, kv_cache_bytes
-from gqa_lib.recipe.corpus import CorpusConfig, make_corpus
 from gqa_lib.core.quantized_cache import (
     QuantizedKVCache,
     dequantize_kv,
@@ -29,6 +28,7 @@ from gqa_lib.core.quantized_cache import (
     quantized_kv_cache_bytes,
     unpack_int4,
 )
+from gqa_lib.recipe.corpus import CorpusConfig, make_corpus
 from gqa_lib.recipe.train import evaluate
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])

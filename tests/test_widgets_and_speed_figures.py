@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from gqa_lib import PRESETS, kv_cache_bytes
-from gqa_lib.speed import bench
 from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.speed import bench
 from gqa_lib.viz.speed_figures import kv_by_group_figure, relative_speed_figure, time_by_group_figure
 from gqa_lib.viz.widgets import (
     EXPLORER_MODELS,

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, check_head_counts
 from ..checks import as_count, as_non_negative_float, as_positive_float
+from .attention import ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, check_head_counts
 from .kv_cache import KVCache
 from .rope import rope_cos_sin
 

@@ -28,8 +28,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..core.attention import GroupedQueryAttention
 from ..checks import as_count
+from ..core.attention import GroupedQueryAttention
 from .head_similarity import head_projections, pooling_distance, similar_head_order
 
 __all__ = [

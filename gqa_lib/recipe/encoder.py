@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from ..core.attention import GroupedQueryAttention, _check_qkv, check_head_counts
 from ..checks import as_count, as_positive_float
+from ..core.attention import GroupedQueryAttention, _check_qkv, check_head_counts
+from ..progress import progress as progress_bar
 from .convert import CONVERSION_METHODS, GROUPINGS, convert_to_gqa, permute_heads
 from .head_similarity import pooling_distance, similar_head_order
-from ..progress import progress as progress_bar
 
 __all__ = [
     "BertGQAConfig",

@@ -47,10 +47,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..checks import as_count, as_non_negative_float
-from .convert import CONVERSION_METHODS, GROUPINGS, convert_to_gqa
-from .corpus import CorpusConfig, ToyCorpus, make_corpus
 from ..core.model import TransformerConfig, TransformerLM
 from ..progress import progress as progress_bar
+from .convert import CONVERSION_METHODS, GROUPINGS, convert_to_gqa
+from .corpus import CorpusConfig, ToyCorpus, make_corpus
 from .train import TrainRecipe, TrainResult, alpha_to_steps, evaluate, train, uptrain
 
 __all__ = [

@@ -25,8 +25,8 @@ import math
 import torch
 from torch import nn
 
-from ..core.attention import GroupedQueryAttention, causal_mask
 from ..checks import as_count
+from ..core.attention import GroupedQueryAttention, causal_mask
 from ..core.rope import apply_rope
 
 __all__ = [

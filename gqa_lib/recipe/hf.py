@@ -30,8 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..checks import as_count
-from .convert import CONVERSION_METHODS, GROUPINGS, head_rows, pool_heads, similar_orders
 from ..core.model import TransformerConfig, TransformerLM
+from .convert import CONVERSION_METHODS, GROUPINGS, head_rows, pool_heads, similar_orders
 
 __all__ = ["config_from_hf", "config_to_hf", "from_pretrained", "save_pretrained", "convert_checkpoint", "main"]
 

@@ -77,6 +77,7 @@ from pathlib import Path
 import torch
 
 from ..checks import as_count
+from ..progress import progress as progress_bar
 from .encoder import (
     MINILM_PACKAGE,
     Tokens,
@@ -91,7 +92,6 @@ from .encoder import (
     tokenize,
 )
 from .head_similarity import cosine_matrix, linear_cka_matrix, mean_pooling_error, pooling_distance, similar_head_order
-from ..progress import progress as progress_bar
 
 __all__ = [
     "MiniLMSetup",
@@ -384,9 +384,8 @@ def run(out: str | Path, jobs: int = 2, threads: int = 1, setup: MiniLMSetup = S
     (fields it lacks aside; ``extra_seeds`` and ``seed_runs`` may grow),
     package versions and threads per job.
     """
-    from safetensors.torch import save_file
-
     import transformers
+    from safetensors.torch import save_file
 
     jobs, threads = as_count("jobs", jobs), as_count("threads", threads)
     out = Path(out)

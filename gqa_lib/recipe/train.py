@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import as_count, as_non_negative_float, as_positive_float
-from .corpus import ToyCorpus, recall_accuracy
 from ..core.model import TransformerConfig, TransformerLM
 from ..progress import progress as progress_bar
+from .corpus import ToyCorpus, recall_accuracy
 
 __all__ = [
     "TrainRecipe",

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..core.attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
 from ..checks import as_kv_heads, divisors
-from .gpu_plan import transformer_parameters
+from ..core.attention import ATTENTION_IMPLEMENTATIONS, repeat_kv
 from ..core.kv_cache import kv_cache_bytes
 from ..core.model import TransformerConfig, TransformerLM
 from ..progress import progress as progress_bar
+from .gpu_plan import transformer_parameters
 from .timing import (
     available_memory_bytes,
     device_name,

@@ -60,11 +60,11 @@ import inspect
 
 import torch
 
-from . import bench
 from ..checks import as_kv_heads
 from ..core.attention import GroupedQueryAttention
 from ..core.kv_cache import KVCache
 from ..core.model import TransformerConfig, TransformerLM
+from . import bench
 from .timing import device_name, parse_dtype, pick_device, time_interleaved
 
 __all__ = [

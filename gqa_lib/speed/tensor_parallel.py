@@ -59,10 +59,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from ..core.attention import (
-    ATTENTION_IMPLEMENTATIONS, GroupedQueryAttention, attend_heads, check_head_counts, check_layer_input,
-)
 from ..checks import as_count, as_positive_float
+from ..core.attention import (
+    ATTENTION_IMPLEMENTATIONS,
+    GroupedQueryAttention,
+    attend_heads,
+    check_head_counts,
+    check_layer_input,
+)
 from ..core.kv_cache import KVCache, kv_cache_bytes
 from ..core.rope import rope_cos_sin
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..recipe.experiments import find_baseline, find_run, seed_stats
 from ..paper import FIGURE4_AVERAGE, TABLE1
+from ..recipe.experiments import find_baseline, find_run, seed_stats
 from .speed_figures import group_label
 
 __all__ = [

@@ -32,15 +32,15 @@ import uuid
 
 import torch
 
+from ..checks import as_count, as_kv_heads, divisors
 from ..core.attention import grouped_attention
-from ..speed.bench import divisors, sweep_attention_decode
-from ..checks import as_count, as_kv_heads
-from ..speed.gpu_plan import explorer_memory_parts
 from ..core.kv_cache import kv_cache_bytes
-from .plots import FORM_HELPERS_JS, run_with_plotly, show
 from ..presets import PRESETS, ModelPreset
-from .speed_figures import kv_by_group_figure, time_by_group_figure
+from ..speed.bench import sweep_attention_decode
+from ..speed.gpu_plan import explorer_memory_parts
 from ..speed.timing import available_memory_bytes, device_name, parse_dtype, pick_device, quick_time, timing_threads
+from .plots import FORM_HELPERS_JS, run_with_plotly, show
+from .speed_figures import kv_by_group_figure, time_by_group_figure
 
 __all__ = [
     "DecodeExplorer", "compare_times", "measure_decode_per_group", "SizeRefused",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from gqa_lib.model_configs import load_real_model
 from gqa_lib.speed import capacity
 from sitekit import fmt_bytes
-from gqa_lib.model_configs import load_real_model
 
 PAGE = "chapters/09_real_models.html"
 

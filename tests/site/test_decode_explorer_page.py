@@ -20,9 +20,9 @@ from pathlib import Path
 import plotly
 import pytest
 
-from gqa_lib.speed import bench
 from gqa_lib import get_preset
 from gqa_lib.core.kv_cache import kv_cache_bytes
+from gqa_lib.speed import bench
 from gqa_lib.viz.widgets import EXPLORER_MODELS, compare_times, decode_explorer_html
 from sitekit import fmt_bytes
 
